@@ -1,0 +1,95 @@
+"""numbaconv: convolutional networks in readable Python, with Numba-compiled kernels.
+
+>>> import numbaconv as nc
+>>> x = nc.randn(2, 3, requires_grad=True)
+>>> (x * x).sum().backward()
+"""
+
+from . import functional
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .backend import DEVICES, default_device, get_backend, seed_all
+from .gradcheck import GradcheckError, gradcheck
+from .tensor import (
+    Tensor,
+    arange,
+    bool_,
+    empty,
+    empty_like,
+    float16,
+    float32,
+    float64,
+    full,
+    full_like,
+    int8,
+    int16,
+    int32,
+    int64,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    tensor,
+    uint8,
+    zeros,
+    zeros_like,
+)
+from .functional import (  # noqa: E402  (tensor-level functions, as in torch.*)
+    abs,
+    amax,
+    amin,
+    argmax,
+    argmin,
+    cat,
+    exp,
+    flatten,
+    log,
+    log_softmax,
+    matmul,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    pad,
+    permute,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    sqrt,
+    squeeze,
+    stack,
+    sum,
+    tanh,
+    transpose,
+    unsqueeze,
+    where,
+)
+
+__version__ = "0.1.0"
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the random generators of every backend (``rand``, ``randn``, ``randint``, ...)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"manual_seed(): seed={seed!r} must be a non-negative int")
+    seed_all(seed)
+
+
+def device(name=None) -> str:
+    """Normalise a device name (``None`` gives the default from ``NUMBACONV_BACKEND``)."""
+    from .backend import parse_device
+
+    return parse_device(name)
+
+
+__all__ = [
+    "Tensor", "tensor", "zeros", "ones", "full", "empty", "rand", "randn", "randint", "arange",
+    "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
+    "manual_seed", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled",
+    "gradcheck", "GradcheckError", "functional", "default_device", "get_backend", "DEVICES",
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
+]

@@ -1,0 +1,55 @@
+"""Operator overloads and op methods of :class:`Tensor`, all delegating to ``functional.ops``."""
+
+from __future__ import annotations
+
+from .functional import ops as F
+from .tensor import Tensor
+
+
+def _r(fn):
+    return lambda self, other: fn(other, self)
+
+
+_methods = {
+    "__add__": F.add, "__radd__": _r(F.add),
+    "__sub__": F.sub, "__rsub__": _r(F.sub),
+    "__mul__": F.mul, "__rmul__": _r(F.mul),
+    "__truediv__": F.div, "__rtruediv__": _r(F.div),
+    "__pow__": F.pow, "__rpow__": _r(F.pow),
+    "__matmul__": F.matmul, "__rmatmul__": _r(F.matmul),
+    "__neg__": F.neg, "__abs__": F.abs,
+    "__eq__": F.eq, "__ne__": F.ne, "__lt__": F.lt, "__le__": F.le,
+    "__gt__": F.gt, "__ge__": F.ge,
+    "__getitem__": F.getitem,
+    "add": F.add, "sub": F.sub, "mul": F.mul, "div": F.div, "pow": F.pow,
+    "matmul": F.matmul, "neg": F.neg, "abs": F.abs, "exp": F.exp, "log": F.log,
+    "sqrt": F.sqrt, "tanh": F.tanh, "sigmoid": F.sigmoid, "relu": F.relu,
+    "maximum": F.maximum, "minimum": F.minimum,
+    "sum": F.sum, "mean": F.mean, "max": F.max, "min": F.min, "amax": F.amax, "amin": F.amin,
+    "argmax": F.argmax, "argmin": F.argmin,
+    "reshape": F.reshape, "view": F.view, "flatten": F.flatten, "permute": F.permute,
+    "transpose": F.transpose, "unsqueeze": F.unsqueeze, "squeeze": F.squeeze,
+    "expand": F.expand, "softmax": F.softmax, "log_softmax": F.log_softmax,
+    "eq": F.eq, "ne": F.ne, "lt": F.lt, "le": F.le, "gt": F.gt, "ge": F.ge,
+}
+
+for _name, _fn in _methods.items():
+    setattr(Tensor, _name, _fn)
+
+Tensor.__hash__ = object.__hash__  # __eq__ is elementwise, identity stays the hash
+
+
+def _view_as(self, other):
+    return F.view(self, other.shape)
+
+
+def _iter(self):
+    if self.ndim == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    for i in range(self.shape[0]):
+        yield self[i]
+
+
+Tensor.view_as = _view_as
+Tensor.reshape_as = lambda self, other: F.reshape(self, other.shape)
+Tensor.__iter__ = _iter

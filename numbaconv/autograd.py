@@ -1,0 +1,214 @@
+"""The tape: ``Function`` (one differentiable op), ``no_grad`` and ``backward``.
+
+An op that runs while gradients are enabled and any of its inputs requires a gradient records
+itself as the ``_ctx`` of its output. ``backward`` orders the recorded ops topologically with an
+explicit stack (no recursion, so chains of any length work), walks them in reverse, and
+accumulates into ``.grad`` of the leaves. Outputs do not point back at their ops' outputs, so the
+graph holds no reference cycles and is freed as soon as the last tensor that uses it goes away.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tensor import Tensor
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "enabled", True)
+
+
+def set_grad_enabled(mode: bool) -> None:
+    _state.enabled = bool(mode)
+
+
+class _GradMode:
+    mode = True
+
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        set_grad_enabled(self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        set_grad_enabled(self._prev)
+        return False
+
+    def __call__(self, func):
+        import functools
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return func(*args, **kwargs)
+
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """Context manager (and decorator) in which no op is recorded on the tape."""
+
+    mode = False
+
+
+class enable_grad(_GradMode):
+    """Context manager (and decorator) that turns recording back on inside ``no_grad``."""
+
+    mode = True
+
+
+class Function:
+    """One differentiable op.
+
+    Subclasses implement ``forward(self, *arrays, **params) -> array`` (or a tuple whose first
+    element is the differentiable output and the rest are non-differentiable, e.g. indices) and
+    ``backward(self, grad) -> tuple`` with one gradient array (or ``None``) per tensor input.
+    ``self.backend`` is the backend of the inputs; ``self.save(...)`` keeps arrays for backward.
+    """
+
+    __slots__ = ("backend", "inputs", "needs_input_grad", "saved", "freed", "__dict__")
+
+    def save(self, *arrays):
+        self.saved = arrays
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **params):
+        from .tensor import Tensor
+
+        first = inputs[0]
+        device = first.device
+        for t in inputs[1:]:
+            if t.device != device:
+                raise RuntimeError(
+                    f"{cls.__name__}: expected all tensors on one device, got {device!r} and "
+                    f"{t.device!r}; move them explicitly with .to(device)"
+                )
+        fn = cls()
+        fn.backend = first.backend
+        out = fn.forward(*[t.data for t in inputs], **params)
+        record = is_grad_enabled() and any(t.requires_grad for t in inputs)
+        extra = ()
+        if isinstance(out, tuple):
+            out, *extra = out
+        result = Tensor._make(out, device, requires_grad=record)
+        if record:
+            fn.inputs = inputs
+            fn.needs_input_grad = tuple(t.requires_grad for t in inputs)
+            fn.freed = False
+            result._ctx = fn
+        else:
+            fn.saved = ()
+        if extra:
+            return (result, *[Tensor._make(e, device) for e in extra])
+        return result
+
+    def forward(self, *arrays, **params):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+
+def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
+    """Backpropagate from ``root`` into the ``.grad`` of every leaf that requires a gradient."""
+    from .tensor import Tensor
+
+    if not root.requires_grad:
+        raise RuntimeError(
+            "backward(): the tensor does not require grad and has no grad_fn; did an input "
+            "have requires_grad=True, and did the op run outside no_grad()?"
+        )
+    backend = root.backend
+    if grad is None:
+        if root.numel() != 1:
+            raise RuntimeError(
+                f"backward(): grad can be implicitly created only for a tensor with one element, "
+                f"got shape {root.shape}; pass gradient= of the same shape"
+            )
+        g = backend.full(root.shape, 1, root.dtype)
+    else:
+        if not isinstance(grad, Tensor):
+            raise TypeError(f"backward(): gradient must be a Tensor, got {type(grad).__name__}")
+        if grad.shape != root.shape:
+            raise ValueError(
+                f"backward(): gradient has shape {grad.shape}, expected the tensor's shape "
+                f"{root.shape}"
+            )
+        if grad.device != root.device:
+            raise RuntimeError(
+                f"backward(): gradient is on {grad.device!r} but the tensor on {root.device!r}"
+            )
+        g = backend.astype(grad.data, root.dtype)  # a copy: the caller's array is never kept
+
+    if root._ctx is None:  # a leaf: its gradient is the seed itself
+        _accumulate_leaf(root, g)
+        return
+
+    order = _topological_order(root._ctx)
+    grads = {id(root._ctx): g}
+    for fn in order:
+        g = grads.pop(id(fn), None)
+        if g is None:  # no gradient flowed into this op (every consumer returned None)
+            continue
+        if fn.freed:
+            raise RuntimeError(
+                "Trying to backward through the graph a second time (or directly access saved "
+                "tensors after they have already been freed). Specify retain_graph=True on the "
+                "first backward() if you need to backward through it again."
+            )
+        in_grads = fn.backward(g)
+        if not retain_graph:
+            fn.saved = ()
+            fn.freed = True
+        for t, gi, need in zip(fn.inputs, in_grads, fn.needs_input_grad):
+            if gi is None or not need:
+                continue
+            ctx = t._ctx
+            if ctx is None:
+                _accumulate_leaf(t, gi)
+            else:
+                key = id(ctx)
+                prev = grads.get(key)
+                grads[key] = gi if prev is None else fn.backend.binary("add", prev, gi)
+                if t._retains_grad:
+                    _accumulate_leaf(t, gi)
+
+
+def _accumulate_leaf(t: Tensor, g) -> None:
+    from .tensor import Tensor
+
+    backend = t.backend
+    if tuple(g.shape) != t.shape:  # every Function returns input-shaped gradients
+        raise RuntimeError(f"internal error: gradient shape {g.shape} for a tensor of {t.shape}")
+    if g.dtype != t.dtype:
+        g = backend.astype(g, t.dtype)
+    if t.grad is None:
+        t.grad = Tensor._make(g, t.device)
+    else:
+        t.grad = Tensor._make(backend.binary("add", t.grad.data, g), t.device)
+
+
+def _topological_order(root_fn: Function) -> list[Function]:
+    """Ops reachable from ``root_fn``, each after every op that consumes its output."""
+    post: list[Function] = []
+    visited: set[int] = set()
+    stack: list[tuple[Function, bool]] = [(root_fn, False)]
+    while stack:
+        fn, expanded = stack.pop()
+        if expanded:
+            post.append(fn)
+            continue
+        if id(fn) in visited:
+            continue
+        visited.add(id(fn))
+        stack.append((fn, True))
+        for t in fn.inputs:
+            ctx = t._ctx
+            if ctx is not None and id(ctx) not in visited:
+                stack.append((ctx, False))
+    post.reverse()
+    return post

@@ -1,0 +1,322 @@
+"""The CPU backend: NumPy arrays, Numba kernels from ``numbaconv.kernels.cpu``.
+
+Broadcasting arithmetic, reductions and layout use NumPy's own vectorised loops (they are already
+compiled and keep float32 as float32); activations, softmax and every convolutional-network
+kernel are Numba ``@njit(parallel=True)`` kernels. Matrix products go to NumPy's BLAS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.cpu import conv as conv_k
+from ..kernels.cpu import elementwise as ew
+from ..kernels.cpu import lrn as lrn_k
+from ..kernels.cpu import pool as pool_k
+
+_UNARY = {
+    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
+    "sign": np.sign, "tanh": np.tanh,
+}
+_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
+    "pow": np.power, "maximum": np.maximum, "minimum": np.minimum,
+    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+    "gt": np.greater, "ge": np.greater_equal,
+}
+
+
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+class CPUBackend:
+    name = "cpu"
+
+    def __init__(self):
+        from . import initial_seed
+
+        seed = initial_seed()
+        self.rng = np.random.default_rng(seed)
+
+    # ------------------------------------------------------------ memory
+    def manual_seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def asarray(self, data, dtype):
+        return np.asarray(data, dtype=dtype)
+
+    def to_numpy(self, a):
+        return a
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def full(self, shape, value, dtype):
+        return np.full(shape, value, dtype=dtype)
+
+    def rand(self, shape, dtype):
+        return self.rng.random(shape, dtype=np.dtype(dtype))
+
+    def randn(self, shape, dtype):
+        return self.rng.standard_normal(shape, dtype=np.dtype(dtype))
+
+    def randint(self, low, high, shape, dtype):
+        return self.rng.integers(low, high, size=shape).astype(dtype)
+
+    def arange(self, start, stop, step, dtype):
+        return np.arange(start, stop, step).astype(dtype)
+
+    def astype(self, a, dtype):
+        return np.array(a, dtype=dtype, copy=True)
+
+    def ascontiguous(self, a):
+        return np.ascontiguousarray(a)
+
+    # ------------------------------------------------------------ elementwise
+    def unary(self, op, a):
+        if op in ("relu", "sigmoid"):
+            out = np.empty(a.shape, dtype=a.dtype)
+            getattr(ew, op)(_flat(a), out.reshape(-1))
+            return out
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return _UNARY[op](a)
+
+    def binary(self, op, a, b):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return _BINARY[op](a, b)
+
+    def where(self, cond, a, b):
+        return np.where(cond, a, b)
+
+    def extremum_weights(self, a, b, op):
+        """Share of the gradient that goes to ``a`` in maximum/minimum: 1, 0, or 1/2 at ties."""
+        wins = np.greater(a, b) if op == "maximum" else np.less(a, b)
+        w = np.where(wins, a.dtype.type(1), a.dtype.type(0))
+        return np.where(np.equal(a, b), a.dtype.type(0.5), w)
+
+    def activation_backward(self, op, gy, y):
+        out = np.empty(gy.shape, dtype=gy.dtype)
+        kernel = {"relu": ew.relu_backward, "sigmoid": ew.sigmoid_backward,
+                  "tanh": ew.tanh_backward}[op]
+        kernel(_flat(gy), _flat(y), out.reshape(-1))
+        return out
+
+    # ------------------------------------------------------------ reductions
+    def reduce(self, op, a, axes, keepdims):
+        axes = tuple(axes)
+        if op == "sum":
+            return np.sum(a, axis=axes, keepdims=keepdims)
+        if op == "mean":
+            return np.mean(a, axis=axes, keepdims=keepdims)
+        if op == "max":
+            return np.max(a, axis=axes, keepdims=keepdims)
+        if op == "min":
+            return np.min(a, axis=axes, keepdims=keepdims)
+        raise ValueError(f"unknown reduction {op!r}")
+
+    def arg_reduce(self, op, a, axis, keepdims):
+        f = np.argmax if op == "argmax" else np.argmin
+        return f(a, axis=axis, keepdims=keepdims).astype(np.int64)
+
+    def sum_to_shape(self, a, shape):
+        """Sum a broadcast result back down to ``shape`` (the adjoint of broadcasting)."""
+        lead = a.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            i + lead for i, s in enumerate(shape) if s == 1 and a.shape[i + lead] != 1)
+        out = np.sum(a, axis=axes, keepdims=True) if axes else a
+        return out.reshape(shape)
+
+    def broadcast_to(self, a, shape):
+        return np.broadcast_to(a, shape)
+
+    def take_along_axis(self, a, index, axis):
+        return np.take_along_axis(a, index, axis=axis)
+
+    def scatter_along_axis(self, shape, index, values, axis):
+        out = np.zeros(shape, dtype=values.dtype)
+        np.put_along_axis(out, index, values, axis=axis)
+        return out
+
+    # ------------------------------------------------------------ layout
+    def reshape(self, a, shape):
+        return np.reshape(a, shape)
+
+    def view(self, a, shape):
+        v = a.view()
+        try:
+            v.shape = shape
+        except AttributeError:
+            raise RuntimeError(
+                f"view(): shape {tuple(shape)} is not compatible with the input's memory layout "
+                f"(shape {a.shape}, strides {a.strides}); use reshape() or contiguous() first"
+            ) from None
+        return v
+
+    def transpose(self, a, axes):
+        return np.transpose(a, axes)
+
+    def getitem(self, a, index):
+        return a[index]
+
+    def getitem_backward(self, shape, index, g):
+        out = np.zeros(shape, dtype=g.dtype)
+        if any(isinstance(i, np.ndarray) for i in index):
+            np.add.at(out, index, g)  # repeated indices accumulate
+        else:
+            out[index] = g
+        return out
+
+    def concatenate(self, arrays, axis):
+        return np.concatenate(arrays, axis=axis)
+
+    def stack(self, arrays, axis):
+        return np.stack(arrays, axis=axis)
+
+    def pad(self, a, pads, mode, value):
+        if mode == "constant":
+            return np.pad(a, pads, mode="constant", constant_values=a.dtype.type(value))
+        return np.pad(a, pads, mode=mode)
+
+    def pad_backward(self, g, shape, pads, mode):
+        if mode == "constant":
+            index = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, shape))
+            return np.ascontiguousarray(g[index])
+        # padding is separable: each dim gathers from a source index map, so the adjoint
+        # scatters (adds) back along each dim in turn
+        out = g
+        for axis, ((lo, hi), n) in enumerate(zip(pads, shape)):
+            if lo == 0 and hi == 0:
+                continue
+            src = np.pad(np.arange(n), (lo, hi), mode=mode)
+            moved = np.moveaxis(out, axis, 0)
+            acc = np.zeros((n,) + moved.shape[1:], dtype=g.dtype)
+            np.add.at(acc, src, moved)
+            out = np.moveaxis(acc, 0, axis)
+        return np.ascontiguousarray(out)
+
+    # ------------------------------------------------------------ linear algebra
+    def matmul(self, a, b):
+        return np.matmul(a, b)
+
+    def softmax(self, a, axis, log):
+        moved = np.ascontiguousarray(np.moveaxis(a, axis, -1))
+        if moved.size == 0:
+            return np.empty_like(a)
+        rows = moved.reshape(-1, moved.shape[-1])
+        out = np.empty_like(rows)
+        ew.softmax_rows(rows, out, log)
+        return np.moveaxis(out.reshape(moved.shape), -1, axis)
+
+    def softmax_backward(self, gy, y, axis, log):
+        g2 = np.ascontiguousarray(np.moveaxis(gy, axis, -1))
+        y2 = np.ascontiguousarray(np.moveaxis(y, axis, -1))
+        if g2.size == 0:
+            return np.empty_like(gy)
+        out = np.empty(g2.shape, dtype=gy.dtype)
+        ew.softmax_rows_backward(g2.reshape(-1, g2.shape[-1]), y2.reshape(-1, y2.shape[-1]),
+                                 out.reshape(-1, out.shape[-1]), log)
+        return np.moveaxis(out, -1, axis)
+
+    # ------------------------------------------------------------ convolution
+    def conv2d(self, x, w, b, stride, padding, dilation, groups):
+        return conv_k.conv2d_forward(x, w, b, stride, padding, dilation, groups)
+
+    def conv2d_backward(self, gy, x, w, stride, padding, dilation, groups, needs,
+                        x_shape=None):
+        """(grad_input, grad_weight, grad_bias), each computed only where ``needs`` says."""
+        return conv_k.conv2d_backward(gy, x, w, stride, padding, dilation, groups, *needs,
+                                      x_shape=x_shape)
+
+    def conv2d_grad_input(self, gy, w, x_shape, stride, padding, dilation, groups):
+        return conv_k.conv2d_backward(gy, None, w, stride, padding, dilation, groups,
+                                      True, False, False, x_shape=x_shape)[0]
+
+    def conv2d_grad_weight(self, gy, x, w_shape, stride, padding, dilation, groups):
+        w = np.empty(w_shape, dtype=gy.dtype)  # only its shape is read
+        return conv_k.conv2d_backward(gy, x, w, stride, padding, dilation, groups,
+                                      False, True, False)[1]
+
+    # ------------------------------------------------------------ pooling
+    @staticmethod
+    def _planes(x):
+        n, c, h, w = x.shape
+        return np.ascontiguousarray(x).reshape(n * c, h, w)
+
+    def max_pool2d(self, x, kernel, stride, padding, dilation, out_hw):
+        n, c = x.shape[:2]
+        y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
+        idx = np.empty((n * c,) + tuple(out_hw), dtype=np.int64)
+        pool_k.max_pool2d(self._planes(x), *kernel, *stride, *padding, *dilation, y, idx)
+        return y.reshape(n, c, *out_hw), idx.reshape(n, c, *out_hw)
+
+    def max_pool2d_backward(self, gy, indices, x_shape):
+        n, c, h, w = x_shape
+        gx = np.empty((n * c, h, w), dtype=gy.dtype)
+        pool_k.max_pool2d_backward(self._planes(gy), self._planes(indices), gx)
+        return gx.reshape(x_shape)
+
+    def avg_pool2d(self, x, kernel, stride, padding, out_hw, count_include_pad, divisor):
+        n, c = x.shape[:2]
+        y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
+        pool_k.avg_pool2d(self._planes(x), *kernel, *stride, *padding, bool(count_include_pad),
+                          int(divisor or 0), y)
+        return y.reshape(n, c, *out_hw)
+
+    def avg_pool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad,
+                            divisor):
+        n, c, h, w = x_shape
+        gx = np.empty((n * c, h, w), dtype=gy.dtype)
+        pool_k.avg_pool2d_backward(self._planes(gy), *kernel, *stride, *padding,
+                                   bool(count_include_pad), int(divisor or 0), gx)
+        return gx.reshape(x_shape)
+
+    def adaptive_pool2d(self, x, out_hw, op):
+        n, c = x.shape[:2]
+        y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
+        if op == "avg":
+            pool_k.adaptive_avg_pool2d(self._planes(x), y)
+            return y.reshape(n, c, *out_hw), None
+        idx = np.empty((n * c,) + tuple(out_hw), dtype=np.int64)
+        pool_k.adaptive_max_pool2d(self._planes(x), y, idx)
+        return y.reshape(n, c, *out_hw), idx.reshape(n, c, *out_hw)
+
+    def adaptive_avg_pool2d_backward(self, gy, x_shape):
+        n, c, h, w = x_shape
+        gx = np.empty((n * c, h, w), dtype=gy.dtype)
+        pool_k.adaptive_avg_pool2d_backward(self._planes(gy), gx)
+        return gx.reshape(x_shape)
+
+    def upsample_nearest2d(self, x, out_hw, scales):
+        n, c = x.shape[:2]
+        y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
+        pool_k.upsample_nearest2d(self._planes(x), np.float32(scales[0]),
+                                  np.float32(scales[1]), y)
+        return y.reshape(n, c, *out_hw)
+
+    def upsample_nearest2d_backward(self, gy, x_shape, scales):
+        n, c, h, w = x_shape
+        gx = np.empty((n * c, h, w), dtype=gy.dtype)
+        pool_k.upsample_nearest2d_backward(self._planes(gy), np.float32(scales[0]),
+                                           np.float32(scales[1]), gx)
+        return gx.reshape(x_shape)
+
+    # ------------------------------------------------------------ local response norm
+    def local_response_norm(self, x, size, alpha, beta, k):
+        shape = x.shape
+        x3 = np.ascontiguousarray(x).reshape(shape[0], shape[1], -1)
+        y = np.empty(x3.shape, dtype=x.dtype)
+        scale = np.empty(x3.shape, dtype=x.dtype)
+        t = x.dtype.type
+        lrn_k.lrn_forward(x3, int(size), t(alpha), t(beta), t(k), y, scale)
+        return y.reshape(shape), scale.reshape(shape)
+
+    def local_response_norm_backward(self, gy, x, y, scale, size, alpha, beta, k):
+        shape = x.shape
+        as3 = lambda a: np.ascontiguousarray(a).reshape(shape[0], shape[1], -1)  # noqa: E731
+        gx = np.empty(as3(x).shape, dtype=x.dtype)
+        work = np.empty_like(gx)
+        t = x.dtype.type
+        lrn_k.lrn_backward(as3(gy), as3(x), as3(y), as3(scale), int(size), t(alpha), t(beta),
+                           gx, work)
+        return gx.reshape(shape)
