@@ -165,10 +165,10 @@ class Tensor:
     def to(self, *args, dtype=None, device=None) -> Tensor:
         """``t.to("cuda")``, ``t.to(numbaconv.float64)`` or ``t.to(device=..., dtype=...)``."""
         for a in args:
-            if isinstance(a, str) or hasattr(a, "type"):
-                device = a
-            else:
+            if isinstance(a, np.dtype) or (isinstance(a, type) and issubclass(a, np.generic)):
                 dtype = a
+            else:
+                device = a
         out = self
         if dtype is not None:
             out = out.type(dtype)
@@ -314,7 +314,6 @@ def tensor(data, dtype=None, requires_grad: bool = False, device=None) -> Tensor
         if arr.dtype.kind == "f" and dt.kind in "iub" and not np.all(np.isfinite(arr)):
             raise ValueError(f"data holds non-finite values that dtype={dt} cannot represent")
         arr = arr.astype(dt)
-    arr = np.ascontiguousarray(arr)
     if requires_grad and not is_floating(dt):
         raise TypeError(f"requires_grad=True needs a floating-point dtype, got dtype={dt}")
     backend = get_backend(dev)

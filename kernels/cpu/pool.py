@@ -15,7 +15,7 @@ _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx):
     """y = max over each (dilated) window; idx = flat index h*W+w of its first maximum.
 
-    Padding counts as -inf. A NaN wins (and propagates), as in PyTorch.
+    Padding counts as -inf. A NaN wins (the last NaN of a window, as in PyTorch's CPU kernel).
     """
     planes, h, w = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
@@ -38,10 +38,6 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx):
                         if bi < 0 or v > best or v != v:
                             best = v
                             bi = ih * w + iw
-                            if v != v:
-                                break
-                    if best != best:
-                        break
                 y[p, oh, ow] = best
                 idx[p, oh, ow] = bi
 
@@ -178,20 +174,14 @@ def adaptive_max_pool2d(x, y, idx):
             h0, h1 = _adaptive_bounds(oh, h, oh_n)
             for ow in range(ow_n):
                 w0, w1 = _adaptive_bounds(ow, w, ow_n)
-                best = x[p, h0, w0]
+                best = -np.inf
                 bi = h0 * w + w0
-                done = best != best
                 for ih in range(h0, h1):
-                    if done:
-                        break
                     for iw in range(w0, w1):
                         v = x[p, ih, iw]
                         if v > best or v != v:
                             best = v
                             bi = ih * w + iw
-                            if v != v:
-                                done = True
-                                break
                 y[p, oh, ow] = best
                 idx[p, oh, ow] = bi
 

@@ -68,10 +68,10 @@ class CPUBackend:
         return np.arange(start, stop, step).astype(dtype)
 
     def astype(self, a, dtype):
-        return np.array(a, dtype=dtype, copy=True)
+        return np.array(a, dtype=dtype, copy=True, order="C")
 
     def ascontiguous(self, a):
-        return np.ascontiguousarray(a)
+        return np.asarray(a, order="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
 
     # ------------------------------------------------------------ elementwise
     def unary(self, op, a):

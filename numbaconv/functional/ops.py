@@ -407,11 +407,19 @@ def pad(input, pad, mode: str = "constant", value: float = 0.0) -> Tensor:
     return M.Pad.apply(input, pads=tuple(widths), mode=_PAD_MODES[mode], value=value)
 
 
+def _softmax(cls, fn, input, dim):
+    _check_float(input, fn)
+    axis = _norm_dim(dim, input.ndim)
+    if input.ndim == 0:
+        return reshape(cls.apply(reshape(input, 1), axis=0), ())
+    return cls.apply(input, axis=axis)
+
+
 def softmax(input, dim: int) -> Tensor:
-    _check_float(input, "softmax")
-    return M.Softmax.apply(input, axis=_norm_dim(dim, input.ndim))
+    """exp(x) / sum(exp(x)) along ``dim``, shifted by the maximum for stability."""
+    return _softmax(M.Softmax, "softmax", input, dim)
 
 
 def log_softmax(input, dim: int) -> Tensor:
-    _check_float(input, "log_softmax")
-    return M.LogSoftmax.apply(input, axis=_norm_dim(dim, input.ndim))
+    """x - logsumexp(x) along ``dim``; finite for logits of any size."""
+    return _softmax(M.LogSoftmax, "log_softmax", input, dim)

@@ -1,0 +1,32 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.setswitchinterval(1e-4)  # speeds up syncthreads on the CUDA simulator
+
+settings.register_profile(
+    "default", max_examples=25, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+import numbaconv as nc  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_device(monkeypatch):
+    monkeypatch.delenv("NUMBACONV_BACKEND", raising=False)
+    nc.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

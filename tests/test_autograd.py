@@ -1,0 +1,121 @@
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+
+
+def test_grad_accumulates_into_leaves():
+    x = nc.tensor([1.0, 2.0], requires_grad=True)
+    (x * 3).sum().backward()
+    (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [3 + 2, 3 + 4])
+
+
+def test_shared_subexpression_gets_both_paths():
+    x = nc.tensor([2.0], requires_grad=True)
+    y = x * x
+    z = y + y * 3  # dz/dx = 4 * 2x
+    z.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [16.0])
+
+
+def test_long_chain_has_no_recursion_limit():
+    x = nc.tensor([1.0], requires_grad=True)
+    y = x
+    for _ in range(3000):
+        y = y * 1.0 + 0.0
+    y.sum().backward()
+    assert x.grad.numpy()[0] == 1.0
+
+
+def test_second_backward_is_an_error_unless_retained():
+    x = nc.tensor([1.0, 2.0], requires_grad=True)
+    y = (x.exp() * x).sum()
+    y.backward(retain_graph=True)
+    first = x.grad.numpy().copy()
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * first, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+
+
+def test_no_grad_records_nothing():
+    x = nc.tensor([1.0], requires_grad=True)
+    with nc.no_grad():
+        y = x * 2
+    assert not y.requires_grad and y.grad_fn is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.backward()
+
+    @nc.no_grad()
+    def f(t):
+        return t * 2
+
+    assert not f(x).requires_grad
+    assert nc.is_grad_enabled()
+
+
+def test_backward_needs_scalar_or_gradient():
+    x = nc.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    with pytest.raises(RuntimeError, match="one element"):
+        y.backward()
+    with pytest.raises(ValueError, match="shape"):
+        y.backward(nc.ones(3))
+    y.backward(nc.tensor([1.0, 10.0]))
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 20.0])
+
+
+def test_only_inputs_that_need_grad_get_one():
+    x = nc.tensor([1.0], requires_grad=True)
+    c = nc.tensor([5.0])
+    (x * c).sum().backward()
+    assert c.grad is None and x.grad.numpy()[0] == 5.0
+
+
+def test_retain_grad_on_intermediate():
+    x = nc.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 3
+    y.retain_grad()
+    (y * y).sum().backward()
+    np.testing.assert_allclose(y.grad.numpy(), [6.0, 12.0])
+
+
+def test_memory_does_not_grow_over_10000_iterations():
+    w = nc.randn(16, 16, requires_grad=True)
+    x = nc.randn(8, 16)
+
+    def step():
+        y = (x @ w).relu().log_softmax(1)
+        loss = -y[:, 0].mean()
+        loss.backward()
+        w.grad = None
+
+    for _ in range(200):  # warm up caches and kernels
+        step()
+    gc.collect()
+    tracemalloc.start()
+    for _ in range(1000):
+        step()
+    gc.collect()
+    after_1k = tracemalloc.get_traced_memory()[0]
+    for _ in range(9000):
+        step()
+    gc.collect()
+    after_10k = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert after_10k - after_1k < 64 * 1024, (after_1k, after_10k)
+
+
+def test_graph_is_freed_when_output_dies():
+    import weakref
+
+    x = nc.randn(100, requires_grad=True)
+    y = (x * 2).exp()
+    ref = weakref.ref(y.grad_fn)
+    del y
+    gc.collect()
+    assert ref() is None
