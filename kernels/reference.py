@@ -121,6 +121,9 @@ def max_pool2d(x, kernel, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=Fal
             rows = [a * sh - ph + i * dh for i in range(kh)]
             cols = [b * sw - pw + j * dw for j in range(kw)]
             pos = [(r, q) for r in rows for q in cols if 0 <= r < h and 0 <= q < w]
+            if not pos:  # a dilated window wholly in the padding: -inf, no gradient (-1)
+                y[:, :, a, b], idx[:, :, a, b] = -np.inf, -1
+                continue
             vals = np.stack([x[:, :, r, q] for r, q in pos], axis=-1)
             flat = np.array([r * w + q for r, q in pos])
             nan = np.isnan(vals)
@@ -138,7 +141,8 @@ def max_pool2d_grad(gy, idx, x_shape):
     gx = np.zeros((n * c, h * w), dtype=gy.dtype)
     g2, i2 = gy.reshape(n * c, -1), idx.reshape(n * c, -1)
     for p in range(n * c):
-        np.add.at(gx[p], i2[p], g2[p])
+        keep = i2[p] >= 0
+        np.add.at(gx[p], i2[p][keep], g2[p][keep])
     return gx.reshape(x_shape)
 
 
@@ -194,8 +198,9 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     """PyTorch's definition: alpha times the mean of squares over a zero-padded channel window."""
     x64 = x.astype(np.float64)
     c = x.shape[1]
-    sq = np.concatenate([np.zeros_like(x64[:, : size // 2]), x64 ** 2,
-                         np.zeros_like(x64[:, : (size - 1) // 2])], axis=1)
+    n, rest = x.shape[0], x.shape[2:]
+    sq = np.concatenate([np.zeros((n, size // 2) + rest), x64 ** 2,
+                         np.zeros((n, (size - 1) // 2) + rest)], axis=1)
     window = sum(sq[:, i:i + c] for i in range(size))
     return (x64 / (k + alpha * window / size) ** beta).astype(x.dtype)
 

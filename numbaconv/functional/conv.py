@@ -47,7 +47,12 @@ class ConvTranspose2d(Function):
         be = self.backend
         x, w = self.saved
         needs = self.needs_input_grad
-        gx = be.conv2d(g, w, None, *self.args) if needs[0] else None
+        gx = None
+        if needs[0]:
+            gx = be.conv2d(g, w, None, *self.args)
+            if gx.shape != x.shape:  # output_padding >= stride (allowed when dilation > stride)
+                gx = be.ascontiguous(be.getitem(gx, (slice(None), slice(None),
+                                                     slice(0, x.shape[2]), slice(0, x.shape[3]))))
         gw = be.conv2d_grad_weight(x, g, w.shape, *self.args) if needs[1] else None
         grads = [gx, gw]
         if len(needs) == 3:

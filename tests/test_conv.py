@@ -1,0 +1,193 @@
+"""conv2d and conv_transpose2d: the Numba kernels against kernels/reference.py on many random
+configurations, float64 gradchecks, determinism on two threads, and argument errors."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import numbaconv as nc
+import numbaconv.functional as F
+from numbaconv.kernels import reference as R
+from tests.helpers import t64
+
+
+@st.composite
+def conv_configs(draw, max_side=9):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg = draw(st.integers(1, 3))
+    og = draw(st.integers(1, 3))
+    if draw(st.integers(0, 4)) == 0:  # depthwise
+        groups, cg, og = draw(st.integers(2, 4)), 1, draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 5)), draw(st.integers(1, 5))  # stride > kernel included
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    h = draw(st.integers(max(1, eh - 2 * ph), max(eh - 2 * ph, 1) + max_side))
+    w = draw(st.integers(max(1, ew - 2 * pw), max(ew - 2 * pw, 1) + max_side))
+    n = draw(st.integers(1, 3))
+    return dict(n=n, c=cg * groups, o=og * groups, h=h, w=w, k=(kh, kw), s=(sh, sw),
+                p=(ph, pw), d=(dh, dw), g=groups)
+
+
+def _arrays(cfg, rng, dtype):
+    x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(dtype)
+    w = rng.standard_normal((cfg["o"], cfg["c"] // cfg["g"]) + cfg["k"]).astype(dtype)
+    b = rng.standard_normal(cfg["o"]).astype(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@given(cfg=conv_configs(), seed=st.integers(0, 2**16), noncontig=st.booleans())
+def test_conv2d_matches_reference(dtype, tol, cfg, seed, noncontig):
+    rng = np.random.default_rng(seed)
+    x, w, b = _arrays(cfg, rng, dtype)
+    args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
+    ref = R.conv2d(x, w, b, *args)
+    if noncontig:  # the same values through a transposed view
+        X = nc.tensor(np.ascontiguousarray(x.transpose(0, 1, 3, 2)), requires_grad=True)
+        xin = X.transpose(2, 3)
+    else:
+        X = nc.tensor(x, requires_grad=True)
+        xin = X
+    W, B = nc.tensor(w, requires_grad=True), nc.tensor(b, requires_grad=True)
+    y = F.conv2d(xin, W, B, *args)
+    assert y.dtype == dtype
+    scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
+    np.testing.assert_allclose(y.numpy(), ref, atol=tol * scale, rtol=tol)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(nc.tensor(gy))
+    gx = R.conv2d_grad_input(gy, w, x.shape, *args)
+    gx_got = X.grad.numpy().transpose(0, 1, 3, 2) if noncontig else X.grad.numpy()
+    gscale = np.abs(gy).sum() + 1
+    np.testing.assert_allclose(gx_got, gx, atol=tol * gscale, rtol=tol)
+    np.testing.assert_allclose(W.grad.numpy(), R.conv2d_grad_weight(gy, x, w.shape, *args),
+                               atol=tol * gscale * np.abs(x).max(), rtol=tol)
+    np.testing.assert_allclose(B.grad.numpy(), gy.sum(axis=(0, 2, 3)), atol=tol * gscale,
+                               rtol=tol)
+
+
+@given(cfg=conv_configs(max_side=5), seed=st.integers(0, 2**16), data=st.data())
+def test_conv_transpose2d_matches_reference(cfg, seed, data):
+    rng = np.random.default_rng(seed)
+    g = cfg["g"]
+    c_in, c_out = cfg["c"], cfg["o"]
+    x = rng.standard_normal((cfg["n"], c_in, cfg["h"], cfg["w"]))
+    w = rng.standard_normal((c_in, c_out // g) + cfg["k"])
+    b = rng.standard_normal(c_out)
+    s, d = cfg["s"], cfg["d"]
+    op = tuple(data.draw(st.integers(0, max(s[i], d[i]) - 1)) for i in range(2))
+    k = cfg["k"]
+    p = tuple(min(cfg["p"][i], (d[i] * (k[i] - 1) + op[i]) // 2) for i in range(2))
+    y = F.conv_transpose2d(t64(x, False), t64(w, False), t64(b, False), s, p, op, g, d)
+    np.testing.assert_allclose(y.numpy(), R.conv_transpose2d(x, w, b, s, p, op, g, d),
+                               atol=1e-10)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(n=2, c=2, o=3, h=5, w=4, k=(3, 2), s=(1, 1), p=(1, 0), d=(1, 1), g=1),
+    dict(n=1, c=4, o=2, h=6, w=6, k=(2, 2), s=(2, 3), p=(1, 1), d=(2, 1), g=2),
+    dict(n=2, c=3, o=3, h=5, w=5, k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1), g=3),
+    dict(n=1, c=5, o=4, h=3, w=3, k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1), g=1),
+])
+def test_conv_gradcheck(cfg):
+    rng = np.random.default_rng(0)
+    x, w, b = _arrays(cfg, rng, np.float64)
+    args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
+    nc.gradcheck(lambda x_, w_, b_: F.conv2d(x_, w_, b_, *args), (t64(x), t64(w), t64(b)))
+    wt = rng.standard_normal((cfg["c"], cfg["o"] // cfg["g"]) + cfg["k"])
+    bt = rng.standard_normal(cfg["o"])
+    nc.gradcheck(lambda x_, w_, b_: F.conv_transpose2d(x_, w_, b_, cfg["s"], cfg["p"], 0,
+                                                       cfg["g"], cfg["d"]),
+                 (t64(x), t64(wt), t64(bt)))
+
+
+def test_conv2d_without_bias_and_unbatched():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 7, 7))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y = F.conv2d(t64(x, False), t64(w, False), padding=1)
+    assert y.shape == (4, 7, 7)
+    np.testing.assert_allclose(y.numpy(), R.conv2d(x[None], w, None, (1, 1), (1, 1))[0],
+                               atol=1e-12)
+    nc.gradcheck(lambda a, b: F.conv2d(a, b), (t64(x[None]), t64(w)))
+
+
+@pytest.mark.parametrize("k,d", [(3, 1), (4, 1), (3, 2), (2, 3)])
+def test_padding_same_and_valid(k, d):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 7, 6))
+    w = rng.standard_normal((3, 2, k, k))
+    y = F.conv2d(t64(x, False), t64(w, False), padding="same", dilation=d)
+    assert y.shape == (1, 3, 7, 6)
+    total = d * (k - 1)
+    xp = np.pad(x, ((0, 0), (0, 0), (total // 2, total - total // 2),
+                    (total // 2, total - total // 2)))
+    np.testing.assert_allclose(y.numpy(), R.conv2d(xp, w, None, (1, 1), (0, 0), (d, d)),
+                               atol=1e-12)
+    assert F.conv2d(t64(x, False), t64(w, False), padding="valid").shape[2] == 7 - k + 1
+
+
+def test_backward_kernels_are_deterministic_on_two_threads():
+    """A race in a backward kernel shows up as run-to-run differences."""
+    import numba
+
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    cases = [((8, 6, 12, 12), (8, 6, 3, 3), 1, 1), ((8, 6, 12, 12), (6, 1, 3, 3), 1, 6),
+             ((4, 4, 9, 9), (6, 2, 3, 3), 2, 2)]
+    for xs, ws, s, g in cases:
+        x = nc.tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=True)
+        w = nc.tensor(rng.standard_normal(ws).astype(np.float32), requires_grad=True)
+        gy = None
+        results = []
+        for _ in range(20):
+            x.grad = w.grad = None
+            y = F.conv2d(x, w, stride=s, padding=1, groups=g)
+            if gy is None:
+                gy = nc.tensor(rng.standard_normal(y.shape).astype(np.float32))
+            y.backward(gy)
+            results.append((x.grad.numpy().copy(), w.grad.numpy().copy()))
+        for gx, gw in results[1:]:
+            assert np.array_equal(gx, results[0][0]) and np.array_equal(gw, results[0][1])
+
+
+def test_conv_argument_errors():
+    x = nc.randn(2, 4, 8, 8)
+    w = nc.randn(6, 4, 3, 3)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        F.conv2d(nc.randn(1, 4, 2, 2), w)
+    with pytest.raises(ValueError, match="stride=.*>= 1"):
+        F.conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="divisible by groups=3"):
+        F.conv2d(x, nc.randn(6, 1, 3, 3), groups=3)
+    with pytest.raises(ValueError, match="expects 2 input channels"):
+        F.conv2d(x, nc.randn(6, 2, 3, 3))
+    with pytest.raises(ValueError, match="out channels 5"):
+        F.conv2d(x, nc.randn(5, 2, 3, 3), groups=2)
+    with pytest.raises(ValueError, match="bias has 3 elements, expected 6"):
+        F.conv2d(x, w, nc.randn(3))
+    with pytest.raises(ValueError, match="'same' needs stride=1"):
+        F.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding='full'"):
+        F.conv2d(x, w, padding="full")
+    with pytest.raises(ValueError, match="3-D .* or 4-D"):
+        F.conv2d(nc.randn(8, 8), w)
+    with pytest.raises(TypeError, match="dtype float64"):
+        F.conv2d(x, w.double())
+    with pytest.raises(ValueError, match="padding=.*>= 0"):
+        F.conv2d(x, w, padding=-1)
+    with pytest.raises(ValueError, match="output_padding"):
+        F.conv_transpose2d(x, nc.randn(4, 2, 3, 3), stride=2, output_padding=2)
+
+
+def test_float32_stays_float32_and_nan_propagates():
+    x = nc.randn(1, 2, 5, 5)
+    w = nc.randn(3, 2, 3, 3)
+    assert F.conv2d(x, w).dtype == nc.float32
+    assert F.conv_transpose2d(x, nc.randn(2, 3, 3, 3)).dtype == nc.float32
+    xn = x.numpy().copy()
+    xn[0, 0, 2, 2] = np.nan
+    y = F.conv2d(nc.tensor(xn), w, padding=1)
+    assert np.isnan(y.numpy()).any() and np.isnan(y.sum().item())
