@@ -8,34 +8,6 @@
 from . import functional
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import DEVICES, default_device, get_backend, seed_all
-from .gradcheck import GradcheckError, gradcheck
-from .tensor import (
-    Tensor,
-    arange,
-    bool_,
-    empty,
-    empty_like,
-    float16,
-    float32,
-    float64,
-    full,
-    full_like,
-    int8,
-    int16,
-    int32,
-    int64,
-    ones,
-    ones_like,
-    rand,
-    rand_like,
-    randint,
-    randn,
-    randn_like,
-    tensor,
-    uint8,
-    zeros,
-    zeros_like,
-)
 from .functional import (  # noqa: E402  (tensor-level functions, as in torch.*)
     abs,
     amax,
@@ -68,6 +40,34 @@ from .functional import (  # noqa: E402  (tensor-level functions, as in torch.*)
     unsqueeze,
     where,
 )
+from .gradcheck import GradcheckError, gradcheck
+from .tensor import (
+    Tensor,
+    arange,
+    bool_,
+    empty,
+    empty_like,
+    float16,
+    float32,
+    float64,
+    full,
+    full_like,
+    int8,
+    int16,
+    int32,
+    int64,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    tensor,
+    uint8,
+    zeros,
+    zeros_like,
+)
 
 __version__ = "0.1.0"
 
@@ -92,4 +92,5 @@ __all__ = [
     "manual_seed", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled",
     "gradcheck", "GradcheckError", "functional", "default_device", "get_backend", "DEVICES",
     "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
+    "abs", "amax", "amin", "argmax", "argmin", "cat", "exp", "flatten", "log", "log_softmax", "matmul", "max", "maximum", "mean", "min", "minimum", "pad", "permute", "relu", "reshape", "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "transpose", "unsqueeze", "where",
 ]

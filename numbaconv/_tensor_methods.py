@@ -53,3 +53,40 @@ def _iter(self):
 Tensor.view_as = _view_as
 Tensor.reshape_as = lambda self, other: F.reshape(self, other.shape)
 Tensor.__iter__ = _iter
+
+
+def _inplace(name, fn):
+    def method(self, other):
+        from .autograd import is_grad_enabled, no_grad
+
+        if is_grad_enabled() and self.requires_grad:
+            raise RuntimeError(
+                f"{name}: in-place update of a tensor that requires grad would corrupt its "
+                f"graph; do it inside numbaconv.no_grad()"
+            )
+        with no_grad():
+            result = fn(self, other)
+        if result.shape != self.shape:
+            raise ValueError(f"{name}: result of shape {result.shape} does not fit the tensor's "
+                             f"shape {self.shape}")
+        if result.dtype != self.dtype:
+            raise TypeError(f"{name}: result has dtype {result.dtype}, the tensor {self.dtype}")
+        self.backend.copy_(self.data, result.data)
+        return self
+
+    method.__name__ = name
+    return method
+
+
+for _name, _fn in (("add_", F.add), ("sub_", F.sub), ("mul_", F.mul), ("div_", F.div)):
+    setattr(Tensor, _name, _inplace(_name, _fn))
+    setattr(Tensor, "__i" + _name[:-1].replace("div", "truediv") + "__", _inplace(_name, _fn))
+
+
+def _copy_(self, src):
+    """Copy ``src``'s values into this tensor (same shape, dtype and device)."""
+    return _inplace("copy_", lambda a, b: b if isinstance(b, Tensor) else F.add(a * 0, b))(
+        self, src)
+
+
+Tensor.copy_ = _copy_

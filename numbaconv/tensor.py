@@ -1,4 +1,5 @@
-"""``Tensor``: an array on a device plus what autograd needs (``requires_grad``, ``grad``, ``_ctx``).
+"""``Tensor``: an array on a device plus what autograd needs (``requires_grad``, ``grad``,
+``_ctx``).
 
 Creation functions (``tensor``, ``zeros``, ``randn``, ...) live here too. Every op a tensor offers
 is a thin method over :mod:`numbaconv.functional`, which reaches kernels only through
@@ -38,7 +39,8 @@ def _as_dtype(dtype, argname: str = "dtype") -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"{argname}={dtype!r} is not a dtype; expected e.g. numbaconv.float32")
+        raise TypeError(
+            f"{argname}={dtype!r} is not a dtype; expected e.g. numbaconv.float32") from None
     if dt not in _SUPPORTED_DTYPES:
         raise TypeError(
             f"{argname}={dtype!r} is not supported; expected one of "

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from numbaconv.kernels import reference as R
 
 import numbaconv as nc
 import numbaconv.functional as F
-from numbaconv.kernels import reference as R
 from tests.helpers import t64
 
 

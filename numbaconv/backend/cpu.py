@@ -70,6 +70,9 @@ class CPUBackend:
     def astype(self, a, dtype):
         return np.array(a, dtype=dtype, copy=True, order="C")
 
+    def copy_(self, dst, src):
+        np.copyto(dst, src)
+
     def ascontiguous(self, a):
         return np.asarray(a, order="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
 

@@ -2,7 +2,7 @@
 
 ``conv2d`` is cross-correlation, as in every deep-learning API::
 
-    y[n, o, i, j] = b[o] + sum_{c, a, b} w[o, c, a, b] * x[n, g*C_g + c, i*s + a*d - p, j*s + b*d - p]
+    y[n, o, i, j] = b[o] + sum_{c,a,b} w[o,c,a,b] * x[n, g*C_g + c, i*s + a*d - p, j*s + b*d - p]
 
     H_out = floor((H_in + 2*padding - dilation*(kernel_size - 1) - 1) / stride + 1)
 
