@@ -92,5 +92,8 @@ __all__ = [
     "manual_seed", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled",
     "gradcheck", "GradcheckError", "functional", "default_device", "get_backend", "DEVICES",
     "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
-    "abs", "amax", "amin", "argmax", "argmin", "cat", "exp", "flatten", "log", "log_softmax", "matmul", "max", "maximum", "mean", "min", "minimum", "pad", "permute", "relu", "reshape", "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "transpose", "unsqueeze", "where",
+    "abs", "amax", "amin", "argmax", "argmin", "cat", "exp", "flatten", "log", "log_softmax",
+    "matmul", "max", "maximum", "mean", "min", "minimum", "pad", "permute", "relu", "reshape",
+    "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "transpose", "unsqueeze",
+    "where",
 ]
