@@ -35,110 +35,179 @@ def _valid_range(off, stride, size, n_out):
     hi = (size - off + stride - 1) // stride
     if hi > n_out:
         hi = n_out
-    if hi < lo:
-        hi = lo
     if lo > n_out:
         lo = n_out
-        hi = n_out
+    if hi < lo:
+        hi = lo
     return lo, hi
 
 
-@njit(**_opts)
-def im2col(x, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, cols):
-    """cols[(c*kh+i)*kw+j, n*L + oh*W_out + ow] = x[n, c0+c, oh*sh-ph+i*dh, ow*sw-pw+j*dw].
+_serial = dict(cache=True, nogil=True, fastmath={"contract"})
 
-    Zero outside the input. One task per (row, image) pair.
+# Inner loops index with unsigned integers: Numba must guard every signed index against negative
+# (wrap-around) values, and those guards stop LLVM from vectorising the loop (8x slower copies).
+_u = np.uint64
+
+# Packed-column layouts. With stride 1 the receptive field of output (oh, ow) at tap (i, j) is
+# the padded input plane, flattened, at  oh*Wp + ow + (i*dh*Wp + j*dw): every row of the column
+# matrix is then one contiguous slice of the plane ("flat" layout, M = (OH-1)*Wp + OW columns per
+# image, of which the Wp-OW at the end of each output row are junk that is never read back).
+# With a larger stride the columns are the dense (oh, ow) grid and each row is a strided gather.
+
+
+@njit(**_serial)
+def pad_into(x, n0, n1, ph, pw, xp):
+    """xp[n-n0, c] = x[n, c] with ph rows and pw columns of zeros around it."""
+    h, w = x.shape[2], x.shape[3]
+    zero = xp.dtype.type(0)
+    hp, wp = xp.shape[2], xp.shape[3]
+    for n in range(n0, n1):
+        for c in range(x.shape[1]):
+            dst = xp[n - n0, c]
+            for a in range(hp):
+                ih = a - ph
+                if ih < 0 or ih >= h:
+                    for b in range(wp):
+                        dst[a, b] = zero
+                else:
+                    for b in range(pw):
+                        dst[a, b] = zero
+                    src = x[n, c, ih]
+                    row = dst[a]
+                    for b in range(_u(w)):
+                        row[_u(pw) + b] = src[b]
+                    for b in range(pw + w, wp):
+                        dst[a, b] = zero
+
+
+@njit(**_serial)
+def im2col_flat(xp3, c0, cg, kh, kw, dh, dw, wp, m, cols, ones_row):
+    """cols[(c*kh+i)*kw+j, n*M + q] = xp3[n, c0+c, q + i*dh*Wp + j*dw] (stride 1).
+
+    With ``ones_row`` the last row is all ones: it multiplies the bias column of [W | b], so the
+    GEMM adds the bias too.
     """
-    n_img, _, h, w = x.shape
+    for n in range(xp3.shape[0]):
+        dst = _u(n * m)
+        for c in range(cg):
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    off = _u(i * dh * wp + j * dw)
+                    for q in range(_u(m)):
+                        cols[r, dst + q] = xp3[n, c0 + c, off + q]
+    if ones_row:
+        one = cols.dtype.type(1)
+        last = cols.shape[0] - 1
+        for q in range(cols.shape[1]):
+            cols[last, q] = one
+
+
+@njit(**_serial)
+def im2col_strided(xp, c0, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, cols, ones_row):
+    """cols[(c*kh+i)*kw+j, n*L + oh*W_out + ow] = xp[n, c0+c, oh*sh + i*dh, ow*sw + j*dw]."""
     L = oh_n * ow_n
-    zero = cols.dtype.type(0)
-    kk = kh * kw
-    for task in prange(cg * kk * n_img):
-        r = task // n_img
-        n = task - r * n_img
-        c = r // kk
-        i = (r - c * kk) // kw
-        j = r - c * kk - i * kw
-        off_w = j * dw - pw
-        lo, hi = _valid_range(off_w, sw, w, ow_n)
-        base = n * L
-        for oh in range(oh_n):
-            ih = oh * sh - ph + i * dh
-            dst = base + oh * ow_n
-            if ih < 0 or ih >= h:
-                for ow in range(ow_n):
-                    cols[r, dst + ow] = zero
-            else:
-                for ow in range(lo):
-                    cols[r, dst + ow] = zero
-                for ow in range(lo, hi):
-                    cols[r, dst + ow] = x[n, c0 + c, ih, ow * sw + off_w]
-                for ow in range(hi, ow_n):
-                    cols[r, dst + ow] = zero
+    for n in range(xp.shape[0]):
+        for c in range(cg):
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    for oh in range(oh_n):
+                        dst = _u(n * L + oh * ow_n)
+                        ih = oh * sh + i * dh
+                        jd, s = _u(j * dw), _u(sw)
+                        for ow in range(_u(ow_n)):
+                            cols[r, dst + ow] = xp[n, c0 + c, ih, ow * s + jd]
+    if ones_row:
+        one = cols.dtype.type(1)
+        last = cols.shape[0] - 1
+        for q in range(cols.shape[1]):
+            cols[last, q] = one
 
 
-@njit(**_opts)
-def col2im(cols, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, gx):
-    """The adjoint of im2col: gx[n, c0+c] = sum of the columns that read it. One task per plane."""
-    n_img, _, h, w = gx.shape
+@njit(**_serial)
+def col2im_flat(cols, c0, cg, kh, kw, dh, dw, wp, m, gxp3):
+    """The adjoint of im2col_flat: gxp3[n, c0+c] = sum of the column entries that read it."""
+    zero = gxp3.dtype.type(0)
+    for n in range(gxp3.shape[0]):
+        src = _u(n * m)
+        for c in range(cg):
+            plane = gxp3[n, c0 + c]
+            for q in range(_u(plane.shape[0])):
+                plane[q] = zero
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    off = _u(i * dh * wp + j * dw)
+                    for q in range(_u(m)):
+                        plane[off + q] += cols[r, src + q]
+
+
+@njit(**_serial)
+def col2im_strided(cols, c0, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, gxp):
+    """The adjoint of im2col_strided."""
     L = oh_n * ow_n
-    zero = gx.dtype.type(0)
-    for task in prange(n_img * cg):
-        n = task // cg
-        c = task - n * cg
-        plane = gx[n, c0 + c]
-        for a in range(h):
-            for b in range(w):
-                plane[a, b] = zero
-        base = n * L
-        for i in range(kh):
-            for j in range(kw):
-                r = (c * kh + i) * kw + j
-                off_w = j * dw - pw
-                lo, hi = _valid_range(off_w, sw, w, ow_n)
-                for oh in range(oh_n):
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    src = base + oh * ow_n
-                    for ow in range(lo, hi):
-                        plane[ih, ow * sw + off_w] += cols[r, src + ow]
+    zero = gxp.dtype.type(0)
+    for n in range(gxp.shape[0]):
+        for c in range(cg):
+            plane = gxp[n, c0 + c]
+            for a in range(plane.shape[0]):
+                for b in range(plane.shape[1]):
+                    plane[a, b] = zero
+            for i in range(kh):
+                for j in range(kw):
+                    r = (c * kh + i) * kw + j
+                    for oh in range(oh_n):
+                        src = _u(n * L + oh * ow_n)
+                        ih = oh * sh + i * dh
+                        jd, s = _u(j * dw), _u(sw)
+                        for ow in range(_u(ow_n)):
+                            plane[ih, ow * s + jd] += cols[r, src + ow]
 
 
-@njit(**_opts)
-def gemm_to_nchw(tmp, o0, bias, has_bias, y):
-    """y[n, o0+o, :] = tmp[o, n*L:(n+1)*L] (+ bias[o0+o]): the GEMM result back to NCHW."""
-    n_img, _, L = y.shape
-    og = tmp.shape[0]
-    for task in prange(n_img * og):
-        n = task // og
-        o = task - n * og
-        bv = bias[o0 + o] if has_bias else y.dtype.type(0)
-        src = n * L
-        for p in range(L):
-            y[n, o0 + o, p] = tmp[o, src + p] + bv
+@njit(**_serial)
+def unpad_into(gxp, n0, c0, cg, ph, pw, gx):
+    """gx[n0+n, c0+c] = gxp[n, c0+c] without its padding border."""
+    h, w = gx.shape[2], gx.shape[3]
+    for n in range(gxp.shape[0]):
+        for c in range(c0, c0 + cg):
+            for a in range(h):
+                src = gxp[n, c, ph + a]
+                dst = gx[n0 + n, c, a]
+                for b in range(_u(w)):
+                    dst[b] = src[_u(pw) + b]
 
 
-@njit(**_opts)
-def nchw_to_gemm(gy, o0, out, db, want_bias):
-    """out[o, n*L + p] = gy[n, o0+o, p]; db[o0+o] = sum over n, p (blocked per image)."""
-    n_img, _, L = gy.shape
-    og = out.shape[0]
-    for o in prange(og):
-        total = gy.dtype.type(0)
-        for n in range(n_img):
-            part = gy.dtype.type(0)
-            dst = n * L
-            for p in range(L):
-                v = gy[n, o0 + o, p]
-                out[o, dst + p] = v
-                part += v
-            total += part
-        if want_bias:
-            db[o0 + o] = total
+@njit(**_serial)
+def columns_to_nchw(out, n0, o0, pitch, m, oh_n, ow_n, y3):
+    """y3[n0+n, o0+o, oh*W_out+ow] = out[o, n*M + oh*pitch + ow] (pitch = Wp or W_out)."""
+    n_img = out.shape[1] // m
+    for n in range(n_img):
+        for o in range(out.shape[0]):
+            for oh in range(oh_n):
+                src = _u(n * m + oh * pitch)
+                dst = _u(oh * ow_n)
+                for ow in range(_u(ow_n)):
+                    y3[n0 + n, o0 + o, dst + ow] = out[o, src + ow]
 
 
-@njit(**_opts)
+@njit(**_serial)
+def nchw_to_columns(gy3, n0, n_img, o0, pitch, m, oh_n, ow_n, out):
+    """The inverse of columns_to_nchw; the junk columns between output rows become zeros."""
+    zero = out.dtype.type(0)
+    for n in range(n_img):
+        for o in range(out.shape[0]):
+            for oh in range(oh_n):
+                dst = _u(n * m + oh * pitch)
+                src = _u(oh * ow_n)
+                for ow in range(_u(ow_n)):
+                    out[o, dst + ow] = gy3[n0 + n, o0 + o, src + ow]
+                if oh < oh_n - 1:
+                    for ow in range(ow_n, pitch):
+                        out[o, dst + ow] = zero
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
 def bias_grad(gy, db):
     """db[o] = sum over n, p of gy[n, o, p] (gy viewed as N, C, L); blocked per image."""
     n_img, n_out, L = gy.shape
@@ -146,8 +215,9 @@ def bias_grad(gy, db):
         total = gy.dtype.type(0)
         for n in range(n_img):
             part = gy.dtype.type(0)
-            for p in range(L):
-                part += gy[n, o, p]
+            row = gy[n, o]
+            for p in range(_u(L)):
+                part += row[p]
             total += part
         db[o] = total
 
@@ -176,12 +246,19 @@ def direct_forward(x, w, bias, has_bias, sh, sw, ph, pw, dh, dw, groups, y):
                     wv = w[o, ci, i, j]
                     off_w = j * dw - pw
                     lo, hi = _valid_range(off_w, sw, wd, ow_n)
+                    base, s, lo_u = _u(lo * sw + off_w), _u(sw), _u(lo)
                     for oh in range(oh_n):
                         ih = oh * sh - ph + i * dh
                         if ih < 0 or ih >= h:
                             continue
-                        for ow in range(lo, hi):
-                            plane[oh, ow] += wv * x[n, c, ih, ow * sw + off_w]
+                        src = x[n, c, ih]
+                        dst = plane[oh]
+                        if sw == 1:  # contiguous: vectorises
+                            for q in range(_u(hi - lo)):
+                                dst[lo_u + q] += wv * src[base + q]
+                        else:
+                            for q in range(_u(hi - lo)):
+                                dst[lo_u + q] += wv * src[base + q * s]
 
 
 @njit(**_opts)
@@ -207,15 +284,22 @@ def direct_grad_input(gy, w, sh, sw, ph, pw, dh, dw, groups, gx):
                     wv = w[o, ci, i, j]
                     off_w = j * dw - pw
                     lo, hi = _valid_range(off_w, sw, wd, ow_n)
+                    base, s, lo_u = _u(lo * sw + off_w), _u(sw), _u(lo)
                     for oh in range(oh_n):
                         ih = oh * sh - ph + i * dh
                         if ih < 0 or ih >= h:
                             continue
-                        for ow in range(lo, hi):
-                            plane[ih, ow * sw + off_w] += wv * gy[n, o, oh, ow]
+                        src = gy[n, o, oh]
+                        dst = plane[ih]
+                        if sw == 1:
+                            for q in range(_u(hi - lo)):
+                                dst[base + q] += wv * src[lo_u + q]
+                        else:
+                            for q in range(_u(hi - lo)):
+                                dst[base + q * s] += wv * src[lo_u + q]
 
 
-@njit(**_opts)
+@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})  # reassoc: vector sums
 def direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw):
     """gw[o,ci,i,j] = sum_{n,oh,ow} gy[n,o,oh,ow] * x[n, c, ...]; one task per (o, ci)."""
     n_img, _, h, wd = x.shape
@@ -230,6 +314,7 @@ def direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw):
             for j in range(kw):
                 off_w = j * dw - pw
                 lo, hi = _valid_range(off_w, sw, wd, ow_n)
+                base, s, lo_u = _u(lo * sw + off_w), _u(sw), _u(lo)
                 total = gw.dtype.type(0)
                 for n in range(n_img):
                     part = gw.dtype.type(0)
@@ -237,8 +322,16 @@ def direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw):
                         ih = oh * sh - ph + i * dh
                         if ih < 0 or ih >= h:
                             continue
-                        for ow in range(lo, hi):
-                            part += gy[n, o, oh, ow] * x[n, c, ih, ow * sw + off_w]
+                        g_row = gy[n, o, oh]
+                        x_row = x[n, c, ih]
+                        acc = gw.dtype.type(0)  # a fresh accumulator per row vectorises
+                        if sw == 1:
+                            for q in range(_u(hi - lo)):
+                                acc += g_row[lo_u + q] * x_row[base + q]
+                        else:
+                            for q in range(_u(hi - lo)):
+                                acc += g_row[lo_u + q] * x_row[base + q * s]
+                        part += acc
                     total += part
                 gw[o, ci, i, j] = total
 
@@ -258,11 +351,68 @@ class _Workspace(threading.local):
             self.buffers[(name, dtype)] = buf
         return buf[:n].reshape(shape)
 
-    def clear(self):
-        self.buffers.clear()
-
 
 workspace = _Workspace()
+
+class _Pool:
+    """Splits images across Python threads that each run single-threaded Numba and BLAS.
+
+    Numba's nogil kernels and NumPy's BLAS release the GIL, so the threads run in parallel; BLAS
+    is held at one thread meanwhile so that the two levels of parallelism do not fight over the
+    cores. Without threadpoolctl (which can pin BLAS threads) everything runs in the caller.
+    """
+
+    def __init__(self):
+        self.executor = None
+        self.size = 0
+        self.blas = None
+
+    def _blas_controllers(self):
+        if self.blas is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                self.blas = ThreadpoolController().select(user_api="blas").lib_controllers
+            except Exception:  # threadpoolctl missing or unable to find the library
+                self.blas = []
+        return self.blas
+
+    def workers(self, n_items):
+        import numba
+
+        blas = self._blas_controllers()
+        if not blas:
+            return 1
+        return max(1, min(numba.get_num_threads(), n_items))
+
+    def map(self, fn, ranges):
+        if len(ranges) == 1:
+            return [fn(*ranges[0])]
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.executor is None or self.size < len(ranges):
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+            self.executor = ThreadPoolExecutor(max_workers=len(ranges),
+                                               thread_name_prefix="numbaconv")
+            self.size = len(ranges)
+        saved = [c.num_threads for c in self.blas]
+        for c in self.blas:
+            c.set_num_threads(1)
+        try:
+            futures = [self.executor.submit(fn, *r) for r in ranges]
+            return [f.result() for f in futures]
+        finally:
+            for c, n in zip(self.blas, saved):
+                c.set_num_threads(n)
+
+
+pool = _Pool()
+
+
+def _split(n_img, workers):
+    step = -(-n_img // workers)
+    return [(a, min(a + step, n_img)) for a in range(0, n_img, step)]
 
 
 def output_size(size, k, s, p, d):
@@ -270,8 +420,62 @@ def output_size(size, k, s, p, d):
 
 
 def _use_direct(cg, og, kh, kw):
-    """Thin groups make GEMMs too small to pay for packing: loop directly."""
-    return cg * kh * kw <= 16 and og <= 4 or cg == 1 and og <= 8
+    """Depthwise-like groups (one input channel per group, few outputs): a GEMM would be a
+    single row, so direct loops win."""
+    return cg == 1 and og <= 2
+
+
+# Floats of packed columns per GEMM: enough to amortise a BLAS call, few enough that the matrix
+# stays in the L2 cache between being packed and being multiplied.
+_COLUMN_BUDGET = 1 << 18
+
+
+class _Plan:
+    """Everything about one convolution's geometry that the per-chunk loops need."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, out_hw):
+        n_img, n_in, h, wd = x_shape
+        n_out, cg, kh, kw = w_shape
+        self.n_img, self.n_in, self.cg, self.kh, self.kw = n_img, n_in, cg, kh, kw
+        (self.sh, self.sw), (self.ph, self.pw), (self.dh, self.dw) = stride, padding, dilation
+        self.groups, self.og = groups, n_out // groups
+        self.oh, self.ow = out_hw
+        self.hp, self.wp = h + 2 * self.ph, wd + 2 * self.pw
+        self.kk = cg * kh * kw
+        self.flat = self.sh == 1 and self.sw == 1
+        if self.flat:
+            self.pitch, self.m = self.wp, (self.oh - 1) * self.wp + self.ow
+        else:
+            self.pitch, self.m = self.ow, self.oh * self.ow
+        # no junk columns and no packing: the GEMM result is NCHW already
+        self.dense = self.pitch == self.ow
+        self.padded = self.ph > 0 or self.pw > 0
+        self.chunk = max(1, min(n_img, _COLUMN_BUDGET // ((self.kk + 1) * self.m)))
+
+    def padded_input(self, x, a, z):
+        if not self.padded:
+            return x[a:z]
+        xp = workspace.get("xp", (z - a, self.n_in, self.hp, self.wp), x.dtype)
+        pad_into(x, a, z, self.ph, self.pw, xp)
+        return xp
+
+    def pack(self, xp, g, cols):
+        if self.flat:
+            xp3 = xp.reshape(xp.shape[0], self.n_in, self.hp * self.wp)
+            im2col_flat(xp3, g * self.cg, self.cg, self.kh, self.kw, self.dh, self.dw, self.wp,
+                        self.m, cols, True)
+        else:
+            im2col_strided(xp, g * self.cg, self.cg, self.kh, self.kw, self.sh, self.sw,
+                           self.dh, self.dw, self.oh, self.ow, cols, True)
+
+    def unpack_grad(self, gcols, g, gxp):
+        if self.flat:
+            gxp3 = gxp.reshape(gxp.shape[0], self.n_in, self.hp * self.wp)
+            col2im_flat(gcols, g * self.cg, self.cg, self.kh, self.kw, self.dh, self.dw,
+                        self.wp, self.m, gxp3)
+        else:
+            col2im_strided(gcols, g * self.cg, self.cg, self.kh, self.kw, self.sh, self.sw,
+                           self.dh, self.dw, self.oh, self.ow, gxp)
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
@@ -282,29 +486,39 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     oh_n, ow_n = output_size(h, kh, sh, ph, dh), output_size(wd, kw, sw, pw, dw)
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w)
-    has_bias = b is not None
-    bias = np.ascontiguousarray(b) if has_bias else np.zeros(1, x.dtype)
     og = n_out // groups
     y = np.empty((n_img, n_out, oh_n, ow_n), dtype=x.dtype)
     if y.size == 0:
         return y
     if _use_direct(cg, og, kh, kw):
+        has_bias = b is not None
+        bias = np.ascontiguousarray(b) if has_bias else np.zeros(1, x.dtype)
         direct_forward(x, w, bias, has_bias, sh, sw, ph, pw, dh, dw, groups, y)
         return y
-    L = oh_n * ow_n
-    y3 = y.reshape(n_img, n_out, L)
-    if kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and groups == 1:
-        np.matmul(w.reshape(n_out, cg), x.reshape(n_img, cg, L), out=y3)
-        if has_bias:
-            y3 += bias.reshape(1, n_out, 1)
-        return y
-    cols = workspace.get("cols", (cg * kh * kw, n_img * L), x.dtype)
-    tmp = workspace.get("gemm", (og, n_img * L), x.dtype)
-    w2 = w.reshape(n_out, cg * kh * kw)
-    for g in range(groups):
-        im2col(x, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, cols)
-        np.matmul(w2[g * og:(g + 1) * og], cols, out=tmp)
-        gemm_to_nchw(tmp, g * og, bias, has_bias, y3)
+    plan = _Plan(x.shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
+    kk, m = plan.kk, plan.m
+    # [W | b] per group: the ones row of the packed columns adds the bias inside the GEMM
+    w_aug = np.zeros((groups, og, kk + 1), dtype=x.dtype)
+    w_aug[:, :, :kk] = w.reshape(groups, og, kk)
+    if b is not None:
+        w_aug[:, :, kk] = np.asarray(b).reshape(groups, og)
+    y3 = y.reshape(n_img, n_out, oh_n * ow_n)
+
+    def work(n0, n1):
+        for a in range(n0, n1, plan.chunk):
+            z = min(a + plan.chunk, n1)
+            xp = plan.padded_input(x, a, z)
+            cols = workspace.get("cols", (kk + 1, (z - a) * m), x.dtype)
+            for g in range(groups):
+                plan.pack(xp, g, cols)
+                if plan.dense and z - a == 1:
+                    np.matmul(w_aug[g], cols, out=y3[a, g * og:(g + 1) * og])
+                    continue
+                out = workspace.get("gemm", (og, (z - a) * m), x.dtype)
+                np.matmul(w_aug[g], cols, out=out)
+                columns_to_nchw(out, a, g * og, plan.pitch, m, oh_n, ow_n, y3)
+
+    pool.map(work, _split(n_img, pool.workers(n_img)))
     return y
 
 
@@ -317,51 +531,72 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
     if x is not None:
         x = np.ascontiguousarray(x)
         x_shape = x.shape
-    n_img, _, h, wd = x_shape
+    n_img = x_shape[0]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh_n, ow_n = gy.shape[2], gy.shape[3]
     og = n_out // groups
-    L = oh_n * ow_n
     dtype = gy.dtype
     gx = np.empty(x_shape, dtype=dtype) if need_input else None
-    gw = np.empty(w.shape, dtype=dtype) if need_weight else None
-    gb = np.empty(n_out, dtype=dtype) if need_bias else None
-    gy3 = gy.reshape(n_img, n_out, L)
+    gw = gb = None
+    gy3 = gy.reshape(n_img, n_out, oh_n * ow_n)
     if gy.size == 0 or n_img == 0:
-        for a in (gx, gw, gb):
-            if a is not None:
-                a[...] = 0
-        return gx, gw, gb
+        gx = np.zeros(x_shape, dtype) if need_input else None
+        return (gx, np.zeros(w.shape, dtype) if need_weight else None,
+                np.zeros(n_out, dtype) if need_bias else None)
     if _use_direct(cg, og, kh, kw):
         if need_bias:
+            gb = np.empty(n_out, dtype=dtype)
             bias_grad(gy3, gb)
         if need_input:
             direct_grad_input(gy, w, sh, sw, ph, pw, dh, dw, groups, gx)
         if need_weight:
+            gw = np.empty(w.shape, dtype=dtype)
             direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw)
         return gx, gw, gb
-    if kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and groups == 1:
+    plan = _Plan(x_shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
+    kk, m = plan.kk, plan.m
+    w2 = w.reshape(groups, og, kk)
+    want_params = need_weight or need_bias
+
+    def work(n0, n1):
+        # this thread's share of [dW | db]: summed over its images, reduced after the join
+        part = np.zeros((groups, og, kk + 1), dtype=dtype) if want_params else None
+        for a in range(n0, n1, plan.chunk):
+            z = min(a + plan.chunk, n1)
+            xp = plan.padded_input(x, a, z) if need_weight else None
+            if need_input:
+                gxp = gx[a:z] if not plan.padded else workspace.get(
+                    "gxp", (z - a, plan.n_in, plan.hp, plan.wp), dtype)
+            for g in range(groups):
+                if plan.dense and z - a == 1:
+                    gyt = gy3[a, g * og:(g + 1) * og]
+                else:
+                    gyt = workspace.get("gyt", (og, (z - a) * m), dtype)
+                    nchw_to_columns(gy3, a, z - a, g * og, plan.pitch, m, oh_n, ow_n, gyt)
+                if need_weight:
+                    cols = workspace.get("cols", (kk + 1, (z - a) * m), dtype)
+                    plan.pack(xp, g, cols)
+                    tmp = workspace.get("dw", (og, kk + 1), dtype)
+                    np.matmul(gyt, cols.T, out=tmp)
+                    part[g] += tmp
+                elif need_bias:
+                    part[g, :, kk] += gyt.sum(axis=1)
+                if need_input:
+                    gcols = workspace.get("gcols", (kk, (z - a) * m), dtype)
+                    np.matmul(w2[g].T, gyt, out=gcols)
+                    plan.unpack_grad(gcols, g, gxp)
+                    if plan.padded:
+                        unpad_into(gxp, a, g * cg, cg, ph, pw, gx)
+        return part
+
+    parts = pool.map(work, _split(n_img, pool.workers(n_img)))
+    if want_params:
+        total = parts[0]
+        for p in parts[1:]:
+            total += p
+        total = total.reshape(n_out, kk + 1)
+        if need_weight:
+            gw = np.ascontiguousarray(total[:, :kk]).reshape(w.shape)
         if need_bias:
-            bias_grad(gy3, gb)
-        if need_input:
-            np.matmul(w.reshape(n_out, cg).T, gy3, out=gx.reshape(n_img, cg, L))
-        if need_weight:
-            gw[...] = np.tensordot(gy3, x.reshape(n_img, cg, L), axes=([0, 2], [0, 2])).reshape(
-                gw.shape)
-        return gx, gw, gb
-    kk = cg * kh * kw
-    w2 = w.reshape(n_out, kk)
-    gyt = workspace.get("gemm", (og, n_img * L), dtype)
-    gw2 = gw.reshape(n_out, kk) if need_weight else None
-    db = gb if need_bias else np.zeros(1, dtype)
-    for g in range(groups):
-        nchw_to_gemm(gy3, g * og, gyt, db, need_bias)
-        if need_weight:
-            cols = workspace.get("cols", (kk, n_img * L), dtype)
-            im2col(x, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, cols)
-            np.matmul(gyt, cols.T, out=gw2[g * og:(g + 1) * og])
-        if need_input:
-            gcols = workspace.get("cols", (kk, n_img * L), dtype)
-            np.matmul(w2[g * og:(g + 1) * og].T, gyt, out=gcols)
-            col2im(gcols, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, gx)
+            gb = np.ascontiguousarray(total[:, kk])
     return gx, gw, gb

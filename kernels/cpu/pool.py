@@ -11,35 +11,100 @@ from numba import njit, prange
 _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 
 
+@njit(cache=True, inline="always")
+def _valid_range(off, stride, size, n_out):
+    """[lo, hi): the outputs o with 0 <= o*stride + off < size."""
+    lo = 0
+    if off < 0:
+        lo = (-off + stride - 1) // stride
+    hi = (size - off + stride - 1) // stride
+    if hi > n_out:
+        hi = n_out
+    if lo > n_out:
+        lo = n_out
+    if hi < lo:
+        hi = lo
+    return lo, hi
+
+
+# Inner loops run over a whole output row with unsigned indices: Numba guards signed indices
+# against negative values, and those guards stop LLVM from vectorising.
+_u = np.uint64
+
+
 @njit(**_opts)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx):
-    """y = max over each (dilated) window; idx = flat index h*W+w of its first maximum.
+    """y = max over each (dilated) window; idx = flat index h*W+w of the maximum.
 
-    Padding counts as -inf. A NaN wins (the last NaN of a window, as in PyTorch's CPU kernel).
+    Ties go to the first maximum in row-major window order; a NaN always wins (the last NaN of
+    the window, as in PyTorch's CPU kernel). A window wholly inside the padding gives -inf and
+    index -1 (it receives no gradient).
+
+    Separable, per output row: a vertical pass takes the maximum (and its row) of each input
+    column over the window's rows, then a horizontal pass picks, for all outputs of the row at
+    once, the best of their ``kw`` columns. Both passes read memory contiguously and choose with
+    branch-free selects, so they vectorise (a direct loop over strided windows with branches was
+    8x slower at stride 2: random data mispredicts half of the comparisons).
     """
     planes, h, w = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
     for p in prange(planes):
+        col_max = np.empty(w, dtype=x.dtype)
+        col_row = np.empty(w, dtype=np.int64)
+        n_phase = (w + sw - 1) // sw
+        ph_max = np.empty((sw, n_phase), dtype=x.dtype)
+        ph_row = np.full((sw, n_phase), -1, dtype=np.int64)
+        best = np.empty(ow_n, dtype=x.dtype)
+        best_row = np.empty(ow_n, dtype=np.int64)
+        best_col = np.empty(ow_n, dtype=np.int64)
         for oh in range(oh_n):
-            h0 = oh * sh - ph
+            for q in range(_u(w)):
+                col_max[q] = -np.inf
+                col_row[q] = -1
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= h:
+                    continue
+                x_row = x[p, ih]
+                for q in range(_u(w)):
+                    v = x_row[q]
+                    cur = col_max[q]
+                    take = (v > cur) | (v != v) | (col_row[q] < 0)
+                    col_max[q] = v if take else cur
+                    col_row[q] = ih if take else col_row[q]
+            # horizontal pass, vectorised over the outputs of the row: split the columns into
+            # the ``sw`` phases of the stride so that every tap reads them contiguously
+            for r in range(sw):
+                for t in range((w - r + sw - 1) // sw):
+                    ph_max[r, t] = col_max[t * sw + r]
+                    ph_row[r, t] = col_row[t * sw + r]
+            for ow in range(_u(ow_n)):
+                best[ow] = -np.inf
+                best_row[ow] = -1
+                best_col[ow] = -1
+            for j in range(kw):
+                off = j * dw - pw
+                lo, hi = _valid_range(off, sw, w, ow_n)
+                r = (lo * sw + off) % sw
+                t0 = _u((lo * sw + off) // sw)
+                lo_u = _u(lo)
+                for q in range(_u(hi - lo)):
+                    o = lo_u + q
+                    v = ph_max[r, t0 + q]
+                    rr = ph_row[r, t0 + q]
+                    b = best[o]
+                    bi = best_row[o]
+                    # a NaN wins, the last one in row-major order (largest row, then column);
+                    # otherwise the first maximum (smallest row, then column)
+                    take_nan = (v != v) & ((b == b) | (rr >= bi))
+                    take_val = (v == v) & (b == b) & ((bi < 0) | (v > b) | ((v == b) & (rr < bi)))
+                    take = (take_nan | take_val) & (rr >= 0)
+                    best[o] = v if take else b
+                    best_row[o] = rr if take else bi
+                    best_col[o] = np.int64(lo_u + q) * sw + off if take else best_col[o]
             for ow in range(ow_n):
-                w0 = ow * sw - pw
-                best = -np.inf
-                bi = -1
-                for i in range(kh):
-                    ih = h0 + i * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(kw):
-                        iw = w0 + j * dw
-                        if iw < 0 or iw >= w:
-                            continue
-                        v = x[p, ih, iw]
-                        if bi < 0 or v > best or v != v:
-                            best = v
-                            bi = ih * w + iw
-                y[p, oh, ow] = best
-                idx[p, oh, ow] = bi
+                y[p, oh, ow] = best[ow]
+                idx[p, oh, ow] = best_row[ow] * w + best_col[ow] if best_row[ow] >= 0 else -1
 
 
 @njit(**_opts)
@@ -49,79 +114,86 @@ def max_pool2d_backward(gy, idx, gx):
     zero = gx.dtype.type(0)
     oh_n, ow_n = gy.shape[1], gy.shape[2]
     for p in prange(planes):
-        for a in range(h):
-            for b in range(w):
-                gx[p, a, b] = zero
-        for oh in range(oh_n):
-            for ow in range(ow_n):
-                k = idx[p, oh, ow]
-                if k >= 0:
-                    gx[p, k // w, k % w] += gy[p, oh, ow]
+        flat = gx[p].reshape(h * w)
+        for q in range(_u(h * w)):
+            flat[q] = zero
+        g = gy[p].reshape(oh_n * ow_n)
+        k = idx[p].reshape(oh_n * ow_n)
+        for q in range(oh_n * ow_n):
+            if k[q] >= 0:
+                flat[k[q]] += g[q]
 
 
 @njit(cache=True, inline="always")
-def _avg_window(o, s, pad, k, size):
-    """(start, end) of the window clipped to the input, and its size clipped to the padded input."""
-    start = o * s - pad
-    end = start + k
-    if end > size + pad:
-        end = size + pad
-    padded = end - start
-    if start < 0:
-        start = 0
-    if end > size:
-        end = size
-    return start, end, padded
+def _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, count_include_pad, divisor):
+    if divisor > 0:
+        return divisor
+    h0 = oh * sh - ph
+    w0 = ow * sw - pw
+    h1 = min(h0 + kh, h + ph)
+    w1 = min(w0 + kw, w + pw)
+    if count_include_pad:
+        return (h1 - h0) * (w1 - w0)
+    return (min(h1, h) - max(h0, 0)) * (min(w1, w) - max(w0, 0))
 
 
 @njit(**_opts)
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y):
-    """Mean over each window: divisor if > 0, else the padded or the unpadded window size."""
+    """Mean over each window: ``divisor`` if > 0, else the window size clipped to the padded
+    input (count_include_pad) or to the input itself. Separable: a contiguous vertical sum of
+    the window's rows, then each output adds its ``kw`` columns."""
     planes, h, w = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
+    zero = y.dtype.type(0)
     for p in prange(planes):
+        col_sum = np.empty(w, dtype=x.dtype)
         for oh in range(oh_n):
-            h0, h1, hp = _avg_window(oh, sh, ph, kh, h)
+            for q in range(_u(w)):
+                col_sum[q] = zero
+            for i in range(kh):
+                ih = oh * sh - ph + i
+                if 0 <= ih < h:
+                    x_row = x[p, ih]
+                    for q in range(_u(w)):
+                        col_sum[q] += x_row[q]
             for ow in range(ow_n):
-                w0, w1, wp = _avg_window(ow, sw, pw, kw, w)
-                s = y.dtype.type(0)
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        s += x[p, ih, iw]
-                if divisor > 0:
-                    d = divisor
-                elif count_include_pad:
-                    d = hp * wp
-                else:
-                    d = (h1 - h0) * (w1 - w0)
-                y[p, oh, ow] = s / y.dtype.type(d) if d > 0 else y.dtype.type(0)
+                lo = max(ow * sw - pw, 0)
+                hi = min(ow * sw - pw + kw, w)
+                acc = zero
+                for iw in range(lo, hi):
+                    acc += col_sum[iw]
+                d = _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, count_include_pad, divisor)
+                y[p, oh, ow] = acc / y.dtype.type(d) if d > 0 else zero
 
 
 @njit(**_opts)
 def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, gx):
+    """The adjoint, also separable: spread each output's share over its columns into one row,
+    then add that row to each of the window's input rows (contiguous)."""
     planes, h, w = gx.shape
     oh_n, ow_n = gy.shape[1], gy.shape[2]
     zero = gx.dtype.type(0)
     for p in prange(planes):
-        for a in range(h):
-            for b in range(w):
-                gx[p, a, b] = zero
+        row = np.empty(w, dtype=gx.dtype)
+        flat = gx[p].reshape(h * w)
+        for q in range(_u(h * w)):
+            flat[q] = zero
         for oh in range(oh_n):
-            h0, h1, hp = _avg_window(oh, sh, ph, kh, h)
+            for q in range(_u(w)):
+                row[q] = zero
             for ow in range(ow_n):
-                w0, w1, wp = _avg_window(ow, sw, pw, kw, w)
-                if divisor > 0:
-                    d = divisor
-                elif count_include_pad:
-                    d = hp * wp
-                else:
-                    d = (h1 - h0) * (w1 - w0)
+                d = _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, count_include_pad, divisor)
                 if d == 0:
                     continue
                 g = gy[p, oh, ow] / gx.dtype.type(d)
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        gx[p, ih, iw] += g
+                for iw in range(max(ow * sw - pw, 0), min(ow * sw - pw + kw, w)):
+                    row[iw] += g
+            for i in range(kh):
+                ih = oh * sh - ph + i
+                if 0 <= ih < h:
+                    g_row = gx[p, ih]
+                    for q in range(_u(w)):
+                        g_row[q] += row[q]
 
 
 @njit(cache=True, inline="always")

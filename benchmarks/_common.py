@@ -1,0 +1,49 @@
+"""Timing helpers shared by the benchmarks: thread control and medians after warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def set_threads(n: int) -> None:
+    """Limit numbaconv (Numba + BLAS) and PyTorch to ``n`` threads."""
+    import numba
+
+    numba.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def median_time(fn, warmup: int = 2, repeats: int = 7, min_time: float = 0.3) -> float:
+    """Median seconds per call after ``warmup`` calls; repeats until ``min_time`` has passed."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < min_time and len(times) < 50):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def blas_info() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        return ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})"
+                         for i in infos)
+    except ImportError:  # pragma: no cover
+        return "unknown (install threadpoolctl)"
