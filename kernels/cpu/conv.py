@@ -17,10 +17,10 @@ packing itself). Shapes, strides, padding and dilation arrive already validated.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from numba import njit, prange
+
+from .threads import pool, split, workspace
 
 _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 
@@ -337,84 +337,6 @@ def direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw):
 
 
 # ---------------------------------------------------------------------- orchestration
-class _Workspace(threading.local):
-    """Grow-only scratch buffers, one set per thread, reused across calls."""
-
-    def __init__(self):
-        self.buffers = {}
-
-    def get(self, name, shape, dtype):
-        n = int(np.prod(shape))
-        buf = self.buffers.get((name, dtype))
-        if buf is None or buf.size < n:
-            buf = np.empty(max(n, 1), dtype=dtype)
-            self.buffers[(name, dtype)] = buf
-        return buf[:n].reshape(shape)
-
-
-workspace = _Workspace()
-
-class _Pool:
-    """Splits images across Python threads that each run single-threaded Numba and BLAS.
-
-    Numba's nogil kernels and NumPy's BLAS release the GIL, so the threads run in parallel; BLAS
-    is held at one thread meanwhile so that the two levels of parallelism do not fight over the
-    cores. Without threadpoolctl (which can pin BLAS threads) everything runs in the caller.
-    """
-
-    def __init__(self):
-        self.executor = None
-        self.size = 0
-        self.blas = None
-
-    def _blas_controllers(self):
-        if self.blas is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-
-                self.blas = ThreadpoolController().select(user_api="blas").lib_controllers
-            except Exception:  # threadpoolctl missing or unable to find the library
-                self.blas = []
-        return self.blas
-
-    def workers(self, n_items):
-        import numba
-
-        blas = self._blas_controllers()
-        if not blas:
-            return 1
-        return max(1, min(numba.get_num_threads(), n_items))
-
-    def map(self, fn, ranges):
-        if len(ranges) == 1:
-            return [fn(*ranges[0])]
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self.executor is None or self.size < len(ranges):
-            if self.executor is not None:
-                self.executor.shutdown(wait=True)
-            self.executor = ThreadPoolExecutor(max_workers=len(ranges),
-                                               thread_name_prefix="numbaconv")
-            self.size = len(ranges)
-        saved = [c.num_threads for c in self.blas]
-        for c in self.blas:
-            c.set_num_threads(1)
-        try:
-            futures = [self.executor.submit(fn, *r) for r in ranges]
-            return [f.result() for f in futures]
-        finally:
-            for c, n in zip(self.blas, saved):
-                c.set_num_threads(n)
-
-
-pool = _Pool()
-
-
-def _split(n_img, workers):
-    step = -(-n_img // workers)
-    return [(a, min(a + step, n_img)) for a in range(0, n_img, step)]
-
-
 def output_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -518,7 +440,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
                 np.matmul(w_aug[g], cols, out=out)
                 columns_to_nchw(out, a, g * og, plan.pitch, m, oh_n, ow_n, y3)
 
-    pool.map(work, _split(n_img, pool.workers(n_img)))
+    pool.map(work, split(n_img, pool.workers(n_img)))
     return y
 
 
@@ -589,7 +511,7 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
                         unpad_into(gxp, a, g * cg, cg, ph, pw, gx)
         return part
 
-    parts = pool.map(work, _split(n_img, pool.workers(n_img)))
+    parts = pool.map(work, split(n_img, pool.workers(n_img)))
     if want_params:
         total = parts[0]
         for p in parts[1:]:

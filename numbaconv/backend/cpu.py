@@ -12,7 +12,11 @@ import numpy as np
 from ..kernels.cpu import conv as conv_k
 from ..kernels.cpu import elementwise as ew
 from ..kernels.cpu import lrn as lrn_k
+from ..kernels.cpu import norm as norm_k
+from ..kernels.cpu import optim as optim_k
 from ..kernels.cpu import pool as pool_k
+from ..kernels.cpu import random as random_k
+from ..kernels.cpu import threads
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
@@ -42,6 +46,12 @@ class CPUBackend:
     # ------------------------------------------------------------ memory
     def manual_seed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
+
+    def rng_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
 
     def asarray(self, data, dtype):
         return np.asarray(data, dtype=dtype)
@@ -200,7 +210,7 @@ class CPUBackend:
 
     # ------------------------------------------------------------ linear algebra
     def matmul(self, a, b):
-        return np.matmul(a, b)
+        return threads.matmul(a, b)
 
     def softmax(self, a, axis, log):
         moved = np.ascontiguousarray(np.moveaxis(a, axis, -1))
@@ -323,3 +333,62 @@ class CPUBackend:
         lrn_k.lrn_backward(as3(gy), as3(x), as3(y), as3(scale), int(size), t(alpha), t(beta),
                            gx, work)
         return gx.reshape(shape)
+
+    # ------------------------------------------------------------ normalisation and dropout
+    def batch_stats(self, x3):
+        mean = np.empty(x3.shape[1], dtype=x3.dtype)
+        var = np.empty(x3.shape[1], dtype=x3.dtype)
+        norm_k.batch_stats(np.ascontiguousarray(x3), mean, var)
+        return mean, var
+
+    def batch_norm(self, x3, mean, invstd, weight, bias, relu=False):
+        y = np.empty(x3.shape, dtype=x3.dtype)
+        norm_k.normalize(np.ascontiguousarray(x3), mean, invstd, weight, bias, bool(relu), y)
+        return y
+
+    def batch_norm_backward(self, g3, x3, mean, invstd, weight, training):
+        gx = np.empty(x3.shape, dtype=x3.dtype)
+        gw = np.empty(x3.shape[1], dtype=x3.dtype)
+        gb = np.empty(x3.shape[1], dtype=x3.dtype)
+        norm_k.batch_norm_backward(np.ascontiguousarray(g3), np.ascontiguousarray(x3), mean,
+                                   invstd, weight, bool(training), gx, gw, gb)
+        return gx, gw, gb
+
+    def dropout_mask(self, shape, p, dtype):
+        u = self.rng.random(shape, dtype=np.dtype(dtype))
+        mask = np.empty(shape, dtype=dtype)
+        random_k.dropout_mask(u.reshape(-1), np.dtype(dtype).type(p), mask.reshape(-1))
+        return mask
+
+    # ------------------------------------------------------------ losses
+    def nll(self, logp, target, weight, ignore_index):
+        """Per-row -weight[t] * logp[i, t] and the row weights (0 where t == ignore_index)."""
+        valid = target != ignore_index
+        safe = np.where(valid, target, 0)
+        w = weight[safe] if weight is not None else np.ones(len(target), dtype=logp.dtype)
+        w = np.where(valid, w, logp.dtype.type(0)).astype(logp.dtype)
+        picked = logp[np.arange(len(target)), safe]
+        return -(picked * w), w
+
+    def nll_backward(self, g_rows, target, row_weights, n_classes):
+        out = np.zeros((len(target), n_classes), dtype=g_rows.dtype)
+        safe = np.clip(target, 0, n_classes - 1)
+        out[np.arange(len(target)), safe] = -g_rows * row_weights
+        return out
+
+    # ------------------------------------------------------------ optimizers
+    def sgd_step(self, p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
+        t = p.dtype.type
+        use_buf = buf is not None
+        optim_k.sgd_step(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
+                         buf.reshape(-1) if use_buf else p.reshape(-1), t(lr), t(momentum),
+                         t(dampening), bool(nesterov), t(weight_decay), bool(first), use_buf)
+
+    def adam_step(self, p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled,
+                  bias1, bias2_sqrt):
+        t = p.dtype.type
+        amsgrad = vmax is not None
+        optim_k.adam_step(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
+                          v.reshape(-1), vmax.reshape(-1) if amsgrad else v.reshape(-1), t(lr),
+                          t(beta1), t(beta2), t(eps), t(weight_decay), bool(decoupled), amsgrad,
+                          t(bias1), t(bias2_sqrt))

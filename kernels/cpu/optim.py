@@ -1,0 +1,47 @@
+"""Optimizer updates, in place over flat parameter arrays (one fused pass per parameter).
+
+Hyper-parameters arrive as scalars of the parameter's dtype, so float32 stays float32.
+Formulas follow PyTorch's ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` exactly.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+_opts = dict(parallel=True, cache=True, fastmath={"contract"})
+
+
+@njit(**_opts)
+def sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, use_buf):
+    """d = g + wd*p; buf = d (first step) or momentum*buf + (1-dampening)*d;
+    p -= lr * (d + momentum*buf if nesterov else buf)  (plain d without momentum)."""
+    one = p.dtype.type(1)
+    for i in prange(p.size):
+        d = g[i] + weight_decay * p[i]
+        if use_buf:
+            b = d if first else momentum * buf[i] + (one - dampening) * d
+            buf[i] = b
+            d = d + momentum * b if nesterov else b
+        p[i] -= lr * d
+
+
+@njit(**_opts)
+def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
+              bias1, bias2_sqrt):
+    """Adam (L2 weight decay added to the gradient) or AdamW (decoupled: p *= 1 - lr*wd)."""
+    one = p.dtype.type(1)
+    step = lr / bias1
+    for i in prange(p.size):
+        gi = g[i]
+        if decoupled:
+            p[i] *= one - lr * weight_decay
+        else:
+            gi = gi + weight_decay * p[i]
+        mi = beta1 * m[i] + (one - beta1) * gi
+        vi = beta2 * v[i] + (one - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            if vi > vmax[i]:
+                vmax[i] = vi
+            vi = vmax[i]
+        p[i] -= step * mi / (np.sqrt(vi) / bias2_sqrt + eps)

@@ -1,0 +1,123 @@
+"""Threads for the CPU kernels: a pool of Python workers, per-thread scratch buffers, and
+single-threaded BLAS.
+
+Two levels of parallelism must not fight over the cores. Numba's ``prange`` kernels use Numba's
+threads; work that mixes Numba and BLAS per image (convolution) is split across Python threads
+here (Numba's ``nogil`` kernels and NumPy's BLAS both release the GIL). BLAS itself is held at
+one thread during numbaconv's calls: OpenBLAS's own threads busy-wait after each call, and on a
+small machine they took the cores from Numba's threads (LeNet-5 trained 8x slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+
+class _Workspace(threading.local):
+    """Grow-only scratch buffers, one set per thread, reused across calls (fresh pages cost a
+    page fault each, more than the packing they hold)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, shape, dtype):
+        n = int(np.prod(shape))
+        buf = self.buffers.get((name, dtype))
+        if buf is None or buf.size < n:
+            buf = np.empty(max(n, 1), dtype=dtype)
+            self.buffers[(name, dtype)] = buf
+        return buf[:n].reshape(shape)
+
+
+workspace = _Workspace()
+
+
+class _Blas:
+    def __init__(self):
+        self.controllers = None
+
+    def _find(self):
+        if self.controllers is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                self.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+            except Exception:  # threadpoolctl missing or no BLAS found: leave BLAS alone
+                self.controllers = []
+        return self.controllers
+
+    @contextlib.contextmanager
+    def single_thread(self):
+        ctl = self._find()
+        saved = [c.num_threads for c in ctl]
+        for c in ctl:
+            c.set_num_threads(1)
+        try:
+            yield
+        finally:
+            for c, n in zip(ctl, saved):
+                c.set_num_threads(n)
+
+    @property
+    def controllable(self) -> bool:
+        return bool(self._find())
+
+
+blas = _Blas()
+
+
+class _Pool:
+    """Runs ``fn(start, stop)`` over ranges in parallel Python threads, BLAS single-threaded."""
+
+    def __init__(self):
+        self.executor = None
+        self.size = 0
+
+    def workers(self, n_items: int) -> int:
+        import numba
+
+        if not blas.controllable:
+            return 1
+        return max(1, min(numba.get_num_threads(), n_items))
+
+    def map(self, fn, ranges):
+        with blas.single_thread():
+            if len(ranges) == 1:
+                return [fn(*ranges[0])]
+            from concurrent.futures import ThreadPoolExecutor
+
+            if self.executor is None or self.size < len(ranges):
+                if self.executor is not None:
+                    self.executor.shutdown(wait=True)
+                self.executor = ThreadPoolExecutor(max_workers=len(ranges),
+                                                   thread_name_prefix="numbaconv")
+                self.size = len(ranges)
+            futures = [self.executor.submit(fn, *r) for r in ranges]
+            return [f.result() for f in futures]
+
+
+pool = _Pool()
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering 0..n in ``parts`` nearly equal contiguous pieces."""
+    step = -(-n // max(parts, 1))
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.matmul with BLAS on one thread; large products split their rows across the pool."""
+    if a.ndim == 2 and b.ndim == 2 and a.shape[0] >= 64 and \
+            a.shape[0] * a.shape[1] * b.shape[1] >= (1 << 22):
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+
+        def work(lo, hi):
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
+
+        pool.map(work, split(a.shape[0], pool.workers(a.shape[0] // 32)))
+        return out
+    with blas.single_thread():
+        return np.matmul(a, b)

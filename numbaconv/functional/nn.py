@@ -1,0 +1,303 @@
+"""Layers' stateless math: linear, dropout, batch normalisation and the losses.
+
+Each op validates its arguments, then runs one fused Function whose backward sits beside it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..autograd import Function
+from ..tensor import Tensor
+from . import ops
+from .ops import _check_float, _check_tensor
+
+# ------------------------------------------------------------------ linear
+
+
+class Linear(Function):
+    """y = x @ W^T + b over any leading dims; one op on the tape instead of three."""
+
+    def forward(self, x, w, b=None):
+        be = self.backend
+        self.save(x, w)
+        y = be.matmul(x, be.transpose(w, (1, 0)))
+        if b is not None:
+            y = be.binary("add", y, b)
+        return y
+
+    def backward(self, g):
+        be = self.backend
+        x, w = self.saved
+        needs = self.needs_input_grad
+        g2 = be.reshape(g, (-1, g.shape[-1]))
+        gx = be.matmul(g, w) if needs[0] else None
+        gw = be.matmul(be.transpose(g2, (1, 0)), be.reshape(x, (-1, x.shape[-1]))) if needs[
+            1] else None
+        grads = [gx, gw]
+        if len(needs) == 3:
+            grads.append(be.reduce("sum", g2, (0,), False) if needs[2] else None)
+        return tuple(grads)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``input @ weight.T + bias``, as ``torch.nn.functional.linear``; weight is (out, in)."""
+    _check_float(input, "linear")
+    _check_float(weight, "linear", "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"linear(): weight must be 2-D (out_features, in_features), got "
+                         f"{weight.shape}")
+    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear(): input of shape {input.shape} has {input.shape[-1:]} "
+                         f"features, weight expects {weight.shape[1]}")
+    args = [input, weight]
+    if bias is not None:
+        _check_float(bias, "linear", "bias")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear(): bias of shape {bias.shape}, expected "
+                             f"({weight.shape[0]},)")
+        args.append(bias)
+    for t in args[1:]:
+        if t.dtype != input.dtype:
+            raise TypeError(f"linear(): input is {input.dtype} but a parameter is {t.dtype}")
+    return Linear.apply(*args)
+
+
+# ------------------------------------------------------------------ dropout
+
+
+class Dropout(Function):
+    def forward(self, x, p):
+        self.mask = self.backend.dropout_mask(x.shape, p, x.dtype)
+        return self.backend.binary("mul", x, self.mask)
+
+    def backward(self, g):
+        return (self.backend.binary("mul", g, self.mask),)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)`` (training)."""
+    _check_float(input, "dropout")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        raise ValueError(f"dropout(): p={p!r} must be a probability in [0, 1]")
+    if not training or p == 0:
+        return input
+    if p == 1:
+        return input * 0.0
+    return Dropout.apply(input, p=float(p))
+
+
+# ------------------------------------------------------------------ batch norm
+
+
+class BatchNorm(Function):
+    def forward(self, x, w, b, *, mean, invstd, training, relu):
+        be = self.backend
+        shape = x.shape
+        x3 = be.reshape(x, (shape[0], shape[1], -1))
+        self.save(x3, w)
+        self.stats = (mean, invstd, training, shape)
+        y = be.batch_norm(x3, mean, invstd, w, b, relu=relu)
+        if relu:
+            self.relu_out = y
+        return be.reshape(y, shape)
+
+    def backward(self, g):
+        be = self.backend
+        x3, w = self.saved
+        mean, invstd, training, shape = self.stats
+        g3 = be.reshape(g, x3.shape)
+        if getattr(self, "relu_out", None) is not None:
+            g3 = be.activation_backward("relu", be.ascontiguous(g3), self.relu_out)
+        gx, gw, gb = be.batch_norm_backward(g3, x3, mean, invstd, w, training)
+        return be.reshape(gx, shape), gw, gb
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+               _relu: bool = False) -> Tensor:
+    """Batch normalisation over the channel dim (dim 1) of (N, C), (N, C, L) or (N, C, H, W).
+
+    In training the batch statistics normalise and the running ones are updated in place:
+    ``running = (1 - momentum) * running + momentum * batch`` (the variance unbiased), as PyTorch.
+    """
+    _check_float(input, "batch_norm")
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm(): input must be at least 2-D (N, C, ...), got "
+                         f"{input.shape}")
+    n_ch = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None:
+            _check_tensor(t, "batch_norm", name)
+            if t.shape != (n_ch,):
+                raise ValueError(f"batch_norm(): {name} has shape {t.shape}, expected ({n_ch},)")
+    if not isinstance(eps, numbers.Real) or eps <= 0:
+        raise ValueError(f"batch_norm(): eps={eps!r} must be positive")
+    be = input.backend
+    x3 = be.reshape(input.data, (input.shape[0], n_ch, -1))
+    count = x3.shape[0] * x3.shape[2]
+    use_batch = training or running_mean is None
+    dt = input.dtype
+    if use_batch:
+        if count <= 1:
+            raise ValueError(f"batch_norm(): expected more than one value per channel in "
+                             f"training, got input of shape {input.shape}")
+        mean, var = be.batch_stats(x3)
+        if training and running_mean is not None:
+            m = float(momentum)
+            unbiased = be.binary("mul", var, be.full((), count / (count - 1), dt))
+            for running, batch in ((running_mean, mean), (running_var, unbiased)):
+                be.copy_(running.data, be.binary(
+                    "add", be.binary("mul", running.data, be.full((), 1 - m, dt)),
+                    be.binary("mul", batch, be.full((), m, dt))))
+    else:
+        mean, var = running_mean.data, running_var.data
+    invstd = be.binary("div", be.full((), 1, dt),
+                       be.unary("sqrt", be.binary("add", var, be.full((), eps, dt))))
+    w = weight if weight is not None else Tensor._make(be.full((n_ch,), 1, dt), input.device)
+    b = bias if bias is not None else Tensor._make(be.full((n_ch,), 0, dt), input.device)
+    return BatchNorm.apply(input, w, b, mean=mean, invstd=invstd, training=use_batch,
+                           relu=bool(_relu))
+
+
+# ------------------------------------------------------------------ losses
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction, fn):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{fn}(): reduction={reduction!r}; expected one of {_REDUCTIONS}")
+
+
+class NLL(Function):
+    def forward(self, logp, *, target, weight, ignore_index, reduction):
+        be = self.backend
+        losses, w = be.nll(logp, target, weight, ignore_index)
+        self.target, self.w, self.n_classes = target, w, logp.shape[1]
+        self.reduction = reduction
+        if reduction == "none":
+            return losses
+        total = be.reduce("sum", losses, (0,), False)
+        if reduction == "sum":
+            return total
+        self.denom = be.reduce("sum", w, (0,), False)
+        return be.binary("div", total, self.denom)
+
+    def backward(self, g):
+        be = self.backend
+        n = len(self.target)
+        if self.reduction == "none":
+            rows = g
+        elif self.reduction == "sum":
+            rows = be.broadcast_to(g, (n,))
+        else:
+            rows = be.broadcast_to(be.binary("div", g, self.denom), (n,))
+        return (be.nll_backward(be.ascontiguous(rows), self.target, self.w, self.n_classes),)
+
+
+def _class_last(input: Tensor, target: Tensor, fn: str):
+    """(N, C, d1, ...) input and (N, d1, ...) target -> (M, C) and (M,)."""
+    if input.ndim < 2:
+        raise ValueError(f"{fn}(): input must be (N, C) or (N, C, d1, ...), got {input.shape}")
+    expected = (input.shape[0],) + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"{fn}(): target has shape {target.shape}, expected {expected} for "
+                         f"input of shape {input.shape}")
+    if input.ndim > 2:
+        perm = (0,) + tuple(range(2, input.ndim)) + (1,)
+        input = ops.reshape(ops.permute(input, *perm), -1, input.shape[1])
+        target = ops.reshape(target, -1)
+    return input, target
+
+
+def _check_target(target, n_classes, ignore_index, fn):
+    _check_tensor(target, fn, "target")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"{fn}(): target must hold class indices (an integer tensor), got "
+                        f"dtype {target.dtype}")
+    t = target.numpy()
+    bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
+    if np.any(bad):
+        raise ValueError(f"{fn}(): target holds {t[bad][0]}, outside [0, {n_classes}) for "
+                         f"{n_classes} classes")
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
+             ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities ``input`` at class indices ``target``."""
+    _check_float(input, "nll_loss")
+    _check_reduction(reduction, "nll_loss")
+    _check_target(target, input.shape[1] if input.ndim > 1 else 0, ignore_index, "nll_loss")
+    out_shape = target.shape
+    logp, tgt = _class_last(input, target, "nll_loss")
+    if weight is not None:
+        _check_float(weight, "nll_loss", "weight")
+        if weight.shape != (logp.shape[1],):
+            raise ValueError(f"nll_loss(): weight has shape {weight.shape}, expected "
+                             f"({logp.shape[1]},)")
+    loss = NLL.apply(logp, target=tgt.data, weight=None if weight is None else weight.data,
+                     ignore_index=int(ignore_index), reduction=reduction)
+    return ops.reshape(loss, out_shape) if reduction == "none" else loss
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of logits ``input`` (N, C[, d...]) and class indices ``target``.
+
+    ``log_softmax`` then ``nll_loss``, with PyTorch's label smoothing: the loss is
+    ``(1 - s) * nll + s / C * sum_c(-w_c * log p_c)``. Stable for logits of any magnitude.
+    """
+    _check_float(input, "cross_entropy")
+    _check_reduction(reduction, "cross_entropy")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) or \
+            not 0 <= label_smoothing <= 1:
+        raise ValueError(f"cross_entropy(): label_smoothing={label_smoothing!r} must be in "
+                         f"[0, 1]")
+    if input.ndim < 2:
+        raise ValueError(f"cross_entropy(): input must be (N, C) or (N, C, d1, ...), got "
+                         f"{input.shape}")
+    n_classes = input.shape[1]
+    _check_target(target, n_classes, ignore_index, "cross_entropy")
+    logits, tgt = _class_last(input, target, "cross_entropy")
+    logp = ops.log_softmax(logits, 1)
+    loss = nll_loss(logp, tgt, weight, ignore_index, reduction)
+    if label_smoothing > 0:
+        per_class = logp if weight is None else logp * weight
+        valid = Tensor._make(input.backend.asarray(tgt.numpy() != ignore_index, logp.dtype),
+                             input.device)
+        smooth = -(per_class.sum(1) * valid)
+        if reduction == "mean":
+            if weight is None:
+                denom = valid.sum()
+            else:
+                safe = np.where(tgt.numpy() != ignore_index, tgt.numpy(), 0)
+                denom = (weight[safe] * valid).sum()
+            smooth = smooth.sum() / denom
+        elif reduction == "sum":
+            smooth = smooth.sum()
+        loss = loss * (1 - label_smoothing) + smooth * (label_smoothing / n_classes)
+    if reduction == "none":
+        loss = ops.reshape(loss, target.shape)
+    return loss
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean squared error; shapes must match (no silent broadcasting)."""
+    _check_float(input, "mse_loss")
+    _check_float(target, "mse_loss", "target")
+    _check_reduction(reduction, "mse_loss")
+    if input.shape != target.shape:
+        raise ValueError(f"mse_loss(): input shape {input.shape} and target shape "
+                         f"{target.shape} differ")
+    sq = (input - target) ** 2
+    if reduction == "mean":
+        return sq.mean()
+    if reduction == "sum":
+        return sq.sum()
+    return sq

@@ -1,0 +1,69 @@
+"""Residual networks (He et al., 2016): the CIFAR-style ``resnet_mini`` (depth 6n+2)."""
+
+from __future__ import annotations
+
+from .. import nn
+from ..functional import relu
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU. When the shape changes the
+    shortcut is a 1x1 projection with BatchNorm (the paper's option B)."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x):
+        out = self.bn1(self.conv1(x), _relu=True)  # BatchNorm and ReLU fused in one kernel
+        out = self.bn2(self.conv2(out))
+        return relu(out + self.shortcut(x))
+
+
+class ResNetMini(nn.Module):
+    """CIFAR ResNet: 3x3 stem with 16 channels, three stages of ``n`` basic blocks at 16, 32, 64
+    channels (stride 2 between stages), global average pooling and a linear head.
+    ``depth = 6n + 2``: 8, 14, 20, 32, ..."""
+
+    def __init__(self, depth: int = 8, num_classes: int = 10, in_channels: int = 1,
+                 widths=(16, 32, 64)):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"ResNetMini: depth={depth} must be 6n + 2 (8, 14, 20, ...)")
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, c = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(c, w, 2 if (j == 0 and i > 0) else 1))
+                c = w
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.bn1(self.conv1(x), _relu=True)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def resnet_mini(depth: int = 8, num_classes: int = 10, in_channels: int = 1) -> ResNetMini:
+    return ResNetMini(depth, num_classes, in_channels)

@@ -1,0 +1,279 @@
+"""Training loop, evaluation, history and checkpoints.
+
+``fit`` trains for a number of epochs with a tqdm progress bar (loss, accuracy, images/s),
+optionally evaluates on a validation loader, steps a learning-rate schedule, records a
+``History`` and writes a checkpoint after every epoch. A checkpoint is one ``.npz`` file (no
+pickle: loading never executes code) written atomically (a temporary file in the same folder,
+fsync'ed, then renamed), holding the model, the optimizer, the schedule, the epoch, the history
+and every random generator involved, so that ``resume=True`` continues exactly as if the run
+had never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .autograd import no_grad
+from .functional import cross_entropy
+from .tensor import Tensor
+
+
+class History(list):
+    """One dict per epoch: epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds,
+    images_per_s."""
+
+    def to_json(self, path) -> None:
+        _atomic_write_text(path, json.dumps(list(self), indent=2))
+
+    def to_csv(self, path) -> None:
+        keys = []
+        for row in self:
+            keys += [k for k in row if k not in keys]
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self)
+        _atomic_write_text(path, buf.getvalue())
+
+
+def _atomic_write_text(path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _is_classification(output: Tensor, target: Tensor) -> bool:
+    return output.ndim == 2 and target.ndim == 1 and target.dtype.kind in "iu"
+
+
+def evaluate(model, loader, loss_fn=cross_entropy) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` over ``loader``, in eval mode and without a tape.
+    Accuracy is NaN for outputs that are not class scores."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        with no_grad():
+            for x, y in loader:
+                out = model(x)
+                n = x.shape[0]
+                total_loss += float(loss_fn(out, y).item()) * n
+                if _is_classification(out, y):
+                    correct += int((out.argmax(1) == y).sum().item())
+                count += n
+    finally:
+        model.train(was_training)
+    acc = correct / count if count and _is_classification(out, y) else float("nan")
+    return total_loss / max(count, 1), acc
+
+
+def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
+    model.train()
+    total_loss, correct, count = 0.0, 0, 0
+    start = time.perf_counter()
+    classify = None
+    for i, (x, y) in enumerate(loader):
+        out = model(x)
+        loss = loss_fn(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None and getattr(scheduler, "step_per_batch", False):
+            scheduler.step()
+        n = x.shape[0]
+        total_loss += float(loss.item()) * n
+        if classify is None:
+            classify = _is_classification(out, y)
+        if classify:
+            correct += int((out.argmax(1) == y).sum().item())
+        count += n
+        if bar is not None:
+            bar.update(1)
+            if i % 10 == 0 or i == len(loader) - 1:
+                rate = count / max(time.perf_counter() - start, 1e-9)
+                post = {"loss": f"{total_loss / count:.4f}", "img/s": f"{rate:.0f}"}
+                if classify:
+                    post["acc"] = f"{correct / count:.4f}"
+                bar.set_postfix(post, refresh=False)
+    seconds = time.perf_counter() - start
+    acc = correct / count if classify else float("nan")
+    return total_loss / max(count, 1), acc, seconds, count / max(seconds, 1e-9)
+
+
+def fit(model, train_loader, optimizer, epochs: int, loss_fn=cross_entropy, val_loader=None,
+        scheduler=None, checkpoint=None, resume: bool = False, progress: bool = True,
+        history_path=None) -> History:
+    """Train ``model`` for ``epochs`` epochs and return the per-epoch History.
+
+    ``checkpoint`` is a file path: written after every epoch. With ``resume=True`` and an
+    existing checkpoint, training continues after its last completed epoch (weights, optimizer,
+    schedule, history and random generators restored). ``history_path`` (``.json`` or
+    ``.csv``) is rewritten after every epoch.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit(): epochs={epochs!r} must be a non-negative int")
+    history = History()
+    first_epoch = 0
+    if resume:
+        if checkpoint is None:
+            raise ValueError("fit(): resume=True needs checkpoint=<path>")
+        if Path(checkpoint).exists():
+            state = load_checkpoint(checkpoint, model, optimizer, scheduler, train_loader)
+            first_epoch = state["epoch"] + 1
+            history.extend(state["history"])
+    bar_cls = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm as bar_cls
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            bar_cls = None
+    for epoch in range(first_epoch, epochs):
+        bar = bar_cls(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
+                      unit="batch", leave=True) if bar_cls else None
+        try:
+            loss, acc, seconds, rate = _train_epoch(model, train_loader, optimizer, loss_fn,
+                                                    scheduler, bar)
+            row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc,
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                   "images_per_s": rate}
+            if val_loader is not None:
+                row["val_loss"], row["val_acc"] = evaluate(model, val_loader, loss_fn)
+            if bar is not None:
+                post = {"loss": f"{loss:.4f}", "img/s": f"{rate:.0f}"}
+                if acc == acc:
+                    post["acc"] = f"{acc:.4f}"
+                if val_loader is not None:
+                    post["val_acc"] = f"{row['val_acc']:.4f}"
+                bar.set_postfix(post)
+        finally:
+            if bar is not None:
+                bar.close()
+        if scheduler is not None and not getattr(scheduler, "step_per_batch", False):
+            scheduler.step()
+        history.append(row)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, epoch, history,
+                            train_loader)
+        if history_path is not None:
+            (history.to_csv if str(history_path).endswith(".csv") else history.to_json)(
+                history_path)
+    return history
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = -1,
+                    history=(), loader=None) -> None:
+    """Write model, optimizer, schedule, epoch, history and RNG states to ``path`` (.npz)."""
+    arrays = {}
+    for k, t in model.state_dict().items():
+        arrays[f"model/{k}"] = np.ascontiguousarray(t.numpy())
+    meta = {"format": "numbaconv-checkpoint-1", "epoch": int(epoch),
+            "history": _json_safe(list(history))}
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars = {}
+        for idx, st in sd["state"].items():
+            for name, v in st.items():
+                if isinstance(v, Tensor):
+                    arrays[f"optim/{idx}/{name}"] = np.ascontiguousarray(v.numpy())
+                else:
+                    scalars.setdefault(str(idx), {})[name] = v
+        meta["optimizer"] = {"param_groups": _json_safe(sd["param_groups"]),
+                             "scalars": _json_safe(scalars)}
+    if scheduler is not None:
+        meta["scheduler"] = _json_safe(scheduler.state_dict())
+    from .backend import get_backend
+
+    be = get_backend(next(iter(model.parameters())).device) if any(
+        True for _ in model.parameters()) else get_backend("cpu")
+    meta["rng"] = {"backend": _json_safe(be.rng_state())}
+    if loader is not None and hasattr(loader, "state_dict"):
+        meta["rng"]["loader"] = _json_safe(loader.state_dict())
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path, model=None, optimizer=None, scheduler=None, loader=None) -> dict:
+    """Read a checkpoint (never unpickling anything) and restore whatever objects are given.
+    Returns {"epoch", "history", "meta", "model_state"}."""
+    with np.load(path, allow_pickle=False) as z:
+        if "meta" not in z.files:
+            raise ValueError(f"{path}: not a numbaconv checkpoint (no meta entry)")
+        meta = json.loads(z["meta"].tobytes().decode())
+        model_state = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+        optim_arrays = {k: z[k] for k in z.files if k.startswith("optim/")}
+    if meta.get("format") != "numbaconv-checkpoint-1":
+        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    if model is not None:
+        model.load_state_dict(model_state)
+    if optimizer is not None and "optimizer" in meta:
+        state = {}
+        for k, arr in optim_arrays.items():
+            _, idx, name = k.split("/", 2)
+            state.setdefault(int(idx), {})[name] = arr
+        for idx, sc in meta["optimizer"]["scalars"].items():
+            state.setdefault(int(idx), {}).update(sc)
+        groups = meta["optimizer"]["param_groups"]
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict(meta["scheduler"])
+    if model is not None:
+        from .backend import get_backend
+
+        params = list(model.parameters())
+        be = get_backend(params[0].device if params else "cpu")
+        be.set_rng_state(meta["rng"]["backend"])
+    if loader is not None and "loader" in meta.get("rng", {}):
+        loader.load_state_dict(meta["rng"]["loader"])
+    history = [{k: (float("nan") if v is None else v) for k, v in row.items()}
+               for row in meta.get("history", [])]
+    return {"epoch": meta["epoch"], "history": history, "meta": meta,
+            "model_state": model_state}
