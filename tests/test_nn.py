@@ -109,7 +109,7 @@ def test_module_bookkeeping():
     m.train()
     assert m[1].training and isinstance(m[-1], nn.Sequential) and len(m[1:3]) == 2
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        m.nope
+        _ = m.nope
     assert "Conv2d(1, 2, kernel_size=(3, 3)" in repr(m) and "(3): Sequential(" in repr(m)
 
 

@@ -183,7 +183,7 @@ class Module:
         """Move (or cast) every parameter and buffer in place, keeping Parameter identity."""
         for m in self.modules():
             for store in (m._parameters, m._buffers):
-                for name, t in store.items():
+                for t in store.values():
                     if t is None:
                         continue
                     moved = t.to(device=device, dtype=dtype if t.dtype.kind == "f" else None)

@@ -78,7 +78,7 @@ class Optimizer:
                 packed["params"].append(index[id(p)])
             groups.append(packed)
         state = {}
-        for g, p in self._params():
+        for _, p in self._params():
             st = self.state.get(id(p))
             if st:
                 state[index[id(p)]] = {k: (v.clone().detach() if isinstance(v, Tensor) else v)
