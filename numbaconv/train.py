@@ -199,7 +199,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = -1
     """Write model, optimizer, schedule, epoch, history and RNG states to ``path`` (.npz)."""
     arrays = {}
     for k, t in model.state_dict().items():
-        arrays[f"model/{k}"] = np.ascontiguousarray(t.numpy())
+        arrays[f"model/{k}"] = np.asarray(t.numpy(), order="C")
     meta = {"format": "numbaconv-checkpoint-1", "epoch": int(epoch),
             "history": _json_safe(list(history))}
     if optimizer is not None:
@@ -208,7 +208,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = -1
         for idx, st in sd["state"].items():
             for name, v in st.items():
                 if isinstance(v, Tensor):
-                    arrays[f"optim/{idx}/{name}"] = np.ascontiguousarray(v.numpy())
+                    arrays[f"optim/{idx}/{name}"] = np.asarray(v.numpy(), order="C")
                 else:
                     scalars.setdefault(str(idx), {})[name] = v
         meta["optimizer"] = {"param_groups": _json_safe(sd["param_groups"]),
