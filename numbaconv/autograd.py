@@ -94,7 +94,8 @@ class Function:
         extra = ()
         if isinstance(out, tuple):
             out, *extra = out
-        result = Tensor._make(out, device, requires_grad=record)
+        # an op's output lives on its inputs' device, except a transfer's (ToDevice)
+        result = Tensor._make(out, getattr(fn, "out_device", device), requires_grad=record)
         if record:
             fn.inputs = inputs
             fn.needs_input_grad = tuple(t.requires_grad for t in inputs)
@@ -103,7 +104,7 @@ class Function:
         else:
             fn.saved = ()
         if extra:
-            return (result, *[Tensor._make(e, device) for e in extra])
+            return (result, *[Tensor._make(e, result.device) for e in extra])
         return result
 
     def forward(self, *arrays, **params):  # pragma: no cover - abstract

@@ -45,13 +45,15 @@ class History(list):
         _atomic_write_text(path, buf.getvalue())
 
 
-def _atomic_write_text(path, text: str) -> None:
+def _atomic_write(path, write) -> None:
+    """``write(binary_file)`` into a temporary file beside ``path``, fsync it, then rename it
+    over ``path``: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +61,10 @@ def _atomic_write_text(path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write_text(path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _is_classification(output: Tensor, target: Tensor) -> bool:
@@ -223,19 +229,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = -1
     if loader is not None and hasattr(loader, "state_dict"):
         meta["rng"]["loader"] = _json_safe(loader.state_dict())
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path, model=None, optimizer=None, scheduler=None, loader=None) -> dict:

@@ -1,6 +1,11 @@
 import os
 import sys
 
+# CUDA kernels run on Numba's simulator unless a real GPU is asked for (benchmarks/gpu_check.py
+# sets NUMBACONV_REAL_GPU=1). This must happen before numba is first imported.
+if os.environ.get("NUMBACONV_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

@@ -153,3 +153,28 @@ def test_pool_argument_errors():
         F.interpolate(x, scale_factor=2, mode="bilinear")
     with pytest.raises(ValueError, match="exactly one"):
         F.interpolate(x)
+
+
+def test_backward_kernels_are_deterministic_on_two_threads():
+    """Pool, LRN and batch-norm backward run twenty times each on two threads: a race shows up
+    as run-to-run differences."""
+    import numba
+
+    from numbaconv import nn
+
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((8, 6, 13, 13)).astype(np.float32)
+    ops = [lambda t: F.max_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1),
+           lambda t: F.adaptive_avg_pool2d(t, 5), lambda t: F.local_response_norm(t, 5),
+           lambda t: F.interpolate(t, scale_factor=2), nn.BatchNorm2d(6)]
+    for op in ops:
+        grads = []
+        for _ in range(20):
+            x = nc.tensor(x0, requires_grad=True)
+            y = op(x)
+            y.backward(nc.tensor(np.linspace(-1, 1, y.numel(), dtype=np.float32)
+                                 .reshape(y.shape)))
+            grads.append(x.grad.numpy())
+        for g in grads[1:]:
+            assert np.array_equal(g, grads[0])

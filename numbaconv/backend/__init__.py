@@ -68,12 +68,12 @@ def get_backend(device: str) -> Backend:
 
 def _load_cuda_backend() -> Backend:
     try:
-        from . import cuda as cuda_module  # noqa: F401  (exists once the CUDA backend lands)
-    except ImportError:
+        from . import cuda as cuda_module
+    except ImportError as e:  # numba without a usable CUDA module
         raise RuntimeError(
-            "the 'cuda' backend is not available in this version of numbaconv: its numba.cuda "
-            "kernels are not implemented yet. Use device='cpu' (or unset NUMBACONV_BACKEND)."
-        ) from None
+            f"the 'cuda' backend could not load numba's CUDA support ({e}); install "
+            f"numbaconv[cuda13] (or [cuda12]) on a machine with an NVIDIA GPU and driver, or "
+            f"set NUMBA_ENABLE_CUDASIM=1 for the simulator") from None
     return cuda_module.CUDABackend()
 
 

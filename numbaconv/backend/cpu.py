@@ -263,11 +263,16 @@ class CPUBackend:
         pool_k.max_pool2d(self._planes(x), *kernel, *stride, *padding, *dilation, y, idx)
         return y.reshape(n, c, *out_hw), idx.reshape(n, c, *out_hw)
 
-    def max_pool2d_backward(self, gy, indices, x_shape):
+    def max_pool2d_backward(self, gy, indices, x_shape, kernel=None, stride=None, padding=None,
+                            dilation=None):
+        """Scatter to the recorded indices (the window geometry is not needed here)."""
         n, c, h, w = x_shape
         gx = np.empty((n * c, h, w), dtype=gy.dtype)
         pool_k.max_pool2d_backward(self._planes(gy), self._planes(indices), gx)
         return gx.reshape(x_shape)
+
+    def adaptive_max_pool2d_backward(self, gy, indices, x_shape):
+        return self.max_pool2d_backward(gy, indices, x_shape)
 
     def avg_pool2d(self, x, kernel, stride, padding, out_hw, count_include_pad, divisor):
         n, c = x.shape[:2]

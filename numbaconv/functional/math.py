@@ -275,15 +275,17 @@ class Clone(Function):
 
 
 class ToDevice(Function):
+    """An explicit copy between devices (through host memory); the gradient goes back."""
+
     def forward(self, x, device):
         from ..backend import get_backend
 
-        self.src_backend = self.backend
-        return get_backend(device).asarray(self.backend.to_numpy(x), x.dtype)
+        self.out_device = device
+        self.dst_backend = get_backend(device)
+        return self.dst_backend.asarray(self.backend.to_numpy(x), x.dtype)
 
     def backward(self, g):
-        return (self.src_backend.asarray(np.asarray(g.copy_to_host() if hasattr(
-            g, "copy_to_host") else g), g.dtype),)
+        return (self.backend.asarray(self.dst_backend.to_numpy(g), g.dtype),)
 
 
 class Where(Function):
@@ -373,7 +375,8 @@ class ExtremumDim(Function):
         values = be.take_along_axis(x, idx, axis)
         self.in_shape, self.axis, self.idx, self.keepdims = x.shape, axis, idx, keepdims
         if not keepdims:
-            shape = values.shape[:axis] + values.shape[axis + 1:]
+            shape = tuple(values.shape)
+            shape = shape[:axis] + shape[axis + 1:]
             values, idx = be.reshape(values, shape), be.reshape(idx, shape)
         return values, idx
 
@@ -404,9 +407,10 @@ class MatMul(Function):
         if a1 and b1:
             G = be.reshape(g, (1, 1))
         elif a1:
-            G = be.reshape(g, g.shape[:-1] + (1, g.shape[-1]))
+            gs = tuple(g.shape)
+            G = be.reshape(g, gs[:-1] + (1, gs[-1]))
         elif b1:
-            G = be.reshape(g, g.shape + (1,))
+            G = be.reshape(g, tuple(g.shape) + (1,))
         else:
             G = g
         ga = gb = None

@@ -32,9 +32,9 @@ class Linear(Function):
         be = self.backend
         x, w = self.saved
         needs = self.needs_input_grad
-        g2 = be.reshape(g, (-1, g.shape[-1]))
+        g2 = be.reshape(g, (-1, tuple(g.shape)[-1]))
         gx = be.matmul(g, w) if needs[0] else None
-        gw = be.matmul(be.transpose(g2, (1, 0)), be.reshape(x, (-1, x.shape[-1]))) if needs[
+        gw = be.matmul(be.transpose(g2, (1, 0)), be.reshape(x, (-1, tuple(x.shape)[-1]))) if needs[
             1] else None
         grads = [gx, gw]
         if len(needs) == 3:

@@ -22,12 +22,13 @@ from ._args import check_input4d, pair, pool_output_size
 class MaxPool2d(Function):
     def forward(self, x, *, kernel, stride, padding, dilation, out_hw):
         self.in_shape = x.shape
+        self.geometry = (kernel, stride, padding, dilation)
         y, idx = self.backend.max_pool2d(x, kernel, stride, padding, dilation, out_hw)
         self.idx = idx
         return y, idx
 
     def backward(self, g):
-        return (self.backend.max_pool2d_backward(g, self.idx, self.in_shape),)
+        return (self.backend.max_pool2d_backward(g, self.idx, self.in_shape, *self.geometry),)
 
 
 class AvgPool2d(Function):
@@ -58,7 +59,7 @@ class AdaptiveMaxPool2d(Function):
         return y, idx
 
     def backward(self, g):
-        return (self.backend.max_pool2d_backward(g, self.idx, self.in_shape),)
+        return (self.backend.adaptive_max_pool2d_backward(g, self.idx, self.in_shape),)
 
 
 class LocalResponseNorm(Function):

@@ -1,0 +1,280 @@
+"""The CUDA backend: the same ops as on the CPU, compared value by value and gradient by
+gradient (on Numba's CUDA simulator in CI, with tiny shapes; for real on a GPU), a LeNet-5
+training step, and every kernel compiled to PTX for compute capability 9.0."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+import numbaconv.functional as F
+from numbaconv import models, nn, optim
+
+pytestmark = pytest.mark.cuda
+
+try:
+    nc.get_backend("cuda")
+    HAVE_CUDA = True
+except RuntimeError:
+    HAVE_CUDA = False
+needs_cuda = pytest.mark.skipif(not HAVE_CUDA, reason="no GPU and no CUDA simulator")
+
+
+def _pair(arrays, requires_grad=True):
+    cpu = [nc.tensor(a, requires_grad=requires_grad and a.dtype.kind == "f") for a in arrays]
+    gpu = [nc.tensor(a, device="cuda", requires_grad=requires_grad and a.dtype.kind == "f")
+           for a in arrays]
+    return cpu, gpu
+
+
+def _check(fn, arrays, rtol=1e-5, atol=1e-5, grad=True):
+    cpu, gpu = _pair(arrays, grad)
+    y_c, y_g = fn(*cpu), fn(*gpu)
+    assert y_g.device == "cuda" and y_g.dtype == y_c.dtype and y_g.shape == y_c.shape
+    np.testing.assert_allclose(y_g.numpy(), y_c.numpy(), rtol=rtol, atol=atol, equal_nan=True)
+    if grad and y_c.requires_grad:
+        g = np.random.default_rng(7).standard_normal(y_c.shape).astype(y_c.dtype)
+        y_c.backward(nc.tensor(g))
+        y_g.backward(nc.tensor(g, device="cuda"))
+        for i, (a, b) in enumerate(zip(cpu, gpu)):
+            if a.grad is not None:
+                assert b.grad is not None and b.grad.device == "cuda"
+                np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=rtol * 10,
+                                           atol=atol * 10, err_msg=f"grad of input {i}")
+
+
+R = np.random.default_rng(0)
+
+
+def r(*shape, dtype=np.float32):
+    return R.standard_normal(shape).astype(dtype)
+
+
+CASES = {
+    "add broadcast": (lambda a, b: a + b, [r(2, 3), r(3)]),
+    "sub mul div": (lambda a, b: (a - b) * a / (b * b + 1), [r(2, 1, 3), r(4, 1)]),
+    "pow scalar": (lambda a: (a * a + 1) ** 1.5, [r(3, 4)]),
+    "pow tensor": (lambda a, b: (a * a + 1) ** b, [r(3, 2), r(2)]),
+    "maximum minimum": (lambda a, b: nc.maximum(a, b) + nc.minimum(a, b * 2), [r(3, 4), r(4)]),
+    "unary": (lambda a: a.exp() + (a * a + 1).log() + (a * a).sqrt() + a.abs() - a.neg(),
+              [r(2, 5)]),
+    "activations": (lambda a: a.relu() + a.sigmoid() + a.tanh(), [r(3, 5)]),
+    "sum mean dims": (lambda a: a.sum((0, 2), keepdim=True) + a.mean(1).sum(), [r(2, 3, 4)]),
+    "max min dim": (lambda a: a.max(dim=1).values + a.min(dim=0, keepdim=True)[0].sum(),
+                    [r(4, 3)]),
+    "amax": (lambda a: a.amax((0, 1)), [r(3, 4, 2)]),
+    "matmul 2d": (lambda a, b: a @ b, [r(3, 5), r(5, 2)]),
+    "matmul batched": (lambda a, b: a @ b, [r(2, 3, 4), r(4, 5)]),
+    "matmul vector": (lambda a, b: a @ b, [r(3, 4), r(4)]),
+    "permute reshape": (lambda a: a.permute(2, 0, 1).reshape(4, -1) * 2, [r(2, 3, 4)]),
+    "slice index": (lambda a: a[1:, ::2] * 3 + a[0, None, 1:3].sum(), [r(3, 5)]),
+    "int index": (lambda a: a[nc.tensor([2, 0, 2], device=a.device)], [r(3, 4)]),
+    "cat stack": (lambda a, b: nc.cat([a, b * 2], 1) + nc.stack([a, a], 1).sum(1).sum(1,
+                  keepdim=True), [r(2, 3), r(2, 3)]),
+    "pad constant": (lambda a: F.pad(a, (1, 2, 0, 1), value=0.5), [r(2, 3, 4)]),
+    "pad reflect": (lambda a: F.pad(a, (2, 1), mode="reflect"), [r(2, 5)]),
+    "pad circular": (lambda a: F.pad(a, (1, 1, 1, 0), mode="circular"), [r(1, 3, 4)]),
+    "softmax": (lambda a: a.softmax(1) + a.log_softmax(0), [r(3, 5)]),
+    "where compare": (lambda a, b: nc.where(a > b, a, b * 2), [r(3, 4), r(4)]),
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [r(2, 3, 7, 6),
+                                                                        r(4, 3, 3, 3), r(4)]),
+    "conv2d groups dilation": (lambda x, w: F.conv2d(x, w, groups=2, dilation=2, padding=2),
+                               [r(1, 4, 6, 6), r(4, 2, 3, 3)]),
+    "conv_transpose2d": (lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1,
+                                                         output_padding=1),
+                         [r(1, 3, 4, 4), r(3, 2, 3, 3)]),
+    "max_pool2d": (lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), [r(2, 2, 7, 7)]),
+    "max_pool2d dilation": (lambda x: F.max_pool2d(x, 2, 1, 0, 2), [r(1, 2, 6, 6)]),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+                   [r(2, 2, 7, 7)]),
+    "adaptive pools": (lambda x: F.adaptive_avg_pool2d(x, (2, 3)) + F.adaptive_max_pool2d(
+        x, (2, 3)), [r(1, 2, 5, 7)]),
+    "lrn": (lambda x: F.local_response_norm(x, 3, 0.5, 0.75, 2.0), [r(2, 5, 3, 3)]),
+    "interpolate": (lambda x: F.interpolate(x, scale_factor=2) + 0, [r(1, 2, 3, 4)]),
+    "interpolate size": (lambda x: F.interpolate(x, size=(5, 7)), [r(1, 2, 3, 4)]),
+    "linear": (lambda x, w, b: F.linear(x, w, b), [r(4, 5), r(3, 5), r(3)]),
+    "cross_entropy": (lambda x: F.cross_entropy(x, nc.tensor([1, 0, 3], device=x.device),
+                                                label_smoothing=0.1), [r(3, 4)]),
+    "nll weight ignore": (lambda x: F.nll_loss(x.log_softmax(1), nc.tensor(
+        [1, 2, 0], device=x.device), weight=nc.tensor([1.0, 2.0, 0.5], device=x.device),
+        ignore_index=0), [r(3, 3)]),
+    "mse": (lambda a, b: F.mse_loss(a, b), [r(3, 4), r(3, 4)]),
+    "float64": (lambda a, b: (a @ b).tanh().sum(0), [r(3, 4, dtype=np.float64),
+                                                     r(4, 2, dtype=np.float64)]),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", list(CASES))
+def test_op_matches_cpu(name):
+    fn, arrays = CASES[name]
+    _check(fn, arrays)
+
+
+@needs_cuda
+def test_batchnorm_dropout_and_rng_on_device():
+    nc.manual_seed(3)
+    x = r(4, 3, 2, 2)
+    bn_c, bn_g = nn.BatchNorm2d(3), nn.BatchNorm2d(3).to("cuda")
+    _check(lambda t: (bn_c if t.device == "cpu" else bn_g)(t), [x])
+    np.testing.assert_allclose(bn_g.running_var.numpy(), bn_c.running_var.numpy(), rtol=1e-5)
+    bn_c.eval()
+    bn_g.eval()
+    _check(lambda t: (bn_c if t.device == "cpu" else bn_g)(t), [x * 2])
+    u = nc.rand(200, device="cuda").numpy()
+    assert 0 <= u.min() and u.max() < 1 and 0.35 < u.mean() < 0.65
+    z = nc.randn(200, device="cuda").numpy()
+    assert abs(z.mean()) < 0.3 and 0.7 < z.std() < 1.3
+    nc.manual_seed(5)
+    a = nc.randn(8, device="cuda").numpy()
+    nc.manual_seed(5)
+    assert np.array_equal(a, nc.randn(8, device="cuda").numpy())
+    d = F.dropout(nc.ones(200, device="cuda"), 0.25).numpy()
+    assert set(np.unique(d)) <= {0.0, np.float32(1 / 0.75)} and 0.1 < (d == 0).mean() < 0.4
+
+
+@needs_cuda
+def test_optimizers_on_device():
+    w0 = r(3, 4)
+    for make in (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+                 lambda p: optim.AdamW(p, lr=0.05, amsgrad=True)):
+        pc = nc.tensor(w0, requires_grad=True)
+        pg = nc.tensor(w0, device="cuda", requires_grad=True)
+        oc, og = make([pc]), make([pg])
+        for _ in range(3):
+            for p, o in ((pc, oc), (pg, og)):
+                o.zero_grad()
+                ((p * p - 1.0) ** 2).sum().backward()
+                o.step()
+        np.testing.assert_allclose(pg.numpy(), pc.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_devices_do_not_mix_silently():
+    with pytest.raises(RuntimeError, match="device"):
+        nc.ones(2) + nc.ones(2, device="cuda")
+    t = nc.ones(2, device="cuda").to("cpu")
+    assert t.device == "cpu" and t.numpy().tolist() == [1, 1]
+
+
+@needs_cuda
+def test_lenet_step_matches_cpu():
+    """Forward, backward and an SGD step of LeNet-5 on batch 2: same loss and weights on both
+    devices, and no host array ever passed to a kernel."""
+    from numba.core.errors import NumbaPerformanceWarning
+
+    nc.manual_seed(0)
+    cpu = models.lenet5()
+    gpu = models.lenet5().to("cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    x, y = r(2, 1, 28, 28), np.array([3, 7])
+    losses = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Host array used in CUDA kernel",
+                                category=NumbaPerformanceWarning)
+        for model, dev in ((cpu, "cpu"), (gpu, "cuda")):
+            opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            loss = F.cross_entropy(model(nc.tensor(x, device=dev)), nc.tensor(y, device=dev))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    for (k, a), b in zip(cpu.state_dict().items(), gpu.state_dict().values()):
+        assert b.device == "cuda"
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@needs_cuda
+@pytest.mark.slow
+def test_every_kernel_compiles_to_ptx_without_f64(tmp_path):
+    """Record every launch of the suite above, then compile each kernel for sm_90 in a process
+    without the simulator; a float32 kernel's PTX must hold no .f64 instruction."""
+    from numba import cuda
+
+    from numbaconv.backend import cuda as cb
+
+    cb.RECORD = []
+    try:
+        for name in CASES:
+            fn, arrays = CASES[name]
+            _check(fn, arrays)
+        test_batchnorm_dropout_and_rng_on_device()
+        test_optimizers_on_device()
+        test_lenet_step_matches_cpu()
+        x = nc.tensor(r(2, 3), device="cuda")
+        (x.long() + 1).sum(), (x > 0).sum(), x.argmin(1), nc.randint(0, 5, (4,), device="cuda")
+        x.unsqueeze(0).expand(2, 2, 3).sum()
+        (x != 0).sum(), (x < 0).sum(), (x <= 0).sum(), (x >= 0).sum(), x.min()
+        records = {}
+        for key, dtype, args in cb.RECORD:
+            records[json.dumps([key, dtype, args])] = (key, dtype, args)
+    finally:
+        cb.RECORD = None
+    missing = sorted(set(all_kernel_keys()) - {k for k, _, _ in records.values()})
+    assert not missing, f"kernels never launched by the suite: {missing}"
+    path = tmp_path / "launches.json"
+    path.write_text(json.dumps(list(records.values())))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", _PTX_CHECK, str(path)], capture_output=True,
+                         text=True, env=env, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "compiled" in out.stdout
+    _ = cuda
+
+
+def all_kernel_keys():
+    from numbaconv.backend.cuda import _MODULES
+
+    keys = []
+    for mod, factory in _MODULES.items():
+        ns = factory(np.dtype(np.float32))
+        if callable(getattr(ns, "py_func", None)) or hasattr(ns, "fn"):
+            keys.append(mod)
+            continue
+        for name, value in vars(ns).items():
+            if isinstance(value, dict):
+                keys += [f"{mod}.{name}.{k}" for k in value]
+            elif hasattr(value, "py_func") or hasattr(value, "fn"):
+                if not getattr(value, "_numbaconv_device", False):
+                    keys.append(f"{mod}.{name}")
+    return [k for k in keys if not k.startswith("int.")]
+
+
+_PTX_CHECK = r"""
+import json, sys
+import numba
+from numba import cuda, types
+from numbaconv.backend.cuda import kernel
+
+def numba_type(desc):
+    kind = desc[0]
+    if kind == "array":
+        return types.Array(numba.from_dtype(__import__("numpy").dtype(desc[1])), desc[2], desc[3])
+    if kind == "tuple":
+        return types.UniTuple(types.int64, desc[1]) if desc[1] else types.Tuple(())
+    if kind == "bool":
+        return types.boolean
+    return numba.from_dtype(__import__("numpy").dtype(desc[1]))
+
+bad = []
+n = 0
+for key, dtype, args in json.load(open(sys.argv[1])):
+    k = kernel(key, dtype)
+    sig = tuple(numba_type(a) for a in args)
+    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0),
+                              fastmath=bool(k.targetoptions.get("fastmath", False)))
+    n += 1
+    if dtype == "float32" and ".f64" in ptx:
+        lines = [l for l in ptx.splitlines() if ".f64" in l][:3]
+        bad.append(f"{key} {args}: {lines}")
+if bad:
+    print("float32 kernels with .f64 instructions:\n" + "\n".join(bad))
+    sys.exit(1)
+print(f"compiled {n} kernel specialisations for sm_90")
+"""
