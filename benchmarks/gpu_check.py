@@ -1,0 +1,178 @@
+"""One script for a machine with an NVIDIA GPU: the CUDA tests for real, every op against the
+CPU backend on realistic shapes, and training-step timings (next to PyTorch's CUDA when it is
+importable). Prints a compact table; finishes in a few minutes.
+
+    python benchmarks/gpu_check.py              # needs numba-cuda and a GPU
+    python benchmarks/gpu_check.py --skip-tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tests():
+    env = dict(os.environ, NUMBACONV_REAL_GPU="1", PYTHONUNBUFFERED="1")
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-m", "not slow", os.path.join(ROOT, "tests", "test_cuda.py")],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    print(f"CUDA tests on the GPU: {lines[-1] if lines else out.stderr[-500:]} "
+          f"({time.perf_counter() - t0:.0f} s)")
+    if out.returncode != 0:
+        print("\n".join(lines[-40:]))
+    return out.returncode == 0
+
+
+def timed(fn, sync, repeats=5):
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def op_parity():
+    from numba import cuda
+
+    import numbaconv as nc
+    import numbaconv.functional as F
+
+    rng = np.random.default_rng(0)
+
+    def r(*s):
+        return rng.standard_normal(s).astype(np.float32)
+
+    cases = [
+        ("conv 64x16x32x32 3x3", lambda x, w: F.conv2d(x, w, padding=1),
+         [r(64, 16, 32, 32), r(16, 16, 3, 3) * 0.1]),
+        ("conv alexnet 11x11/4", lambda x, w: F.conv2d(x, w, stride=4, padding=2),
+         [r(8, 3, 224, 224), r(64, 3, 11, 11) * 0.1]),
+        ("conv depthwise", lambda x, w: F.conv2d(x, w, padding=1, groups=32),
+         [r(32, 32, 32, 32), r(32, 1, 3, 3)]),
+        ("conv_transpose s2", lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1,
+                                                             output_padding=1),
+         [r(16, 32, 16, 16), r(32, 16, 3, 3) * 0.1]),
+        ("max_pool 3/2", lambda x: F.max_pool2d(x, 3, 2), [r(64, 64, 55, 55)]),
+        ("avg_pool 2/2", lambda x: F.avg_pool2d(x, 2), [r(64, 16, 32, 32)]),
+        ("adaptive avg", lambda x: F.adaptive_avg_pool2d(x, 1), [r(128, 64, 7, 7)]),
+        ("lrn size 5", lambda x: F.local_response_norm(x, 5), [r(64, 64, 27, 27)]),
+        ("batch_norm", lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+         [r(128, 32, 14, 14), r(32), r(32)]),
+        ("matmul 512", lambda a, b: a @ b, [r(512, 512), r(512, 512)]),
+        ("log_softmax", lambda a: a.log_softmax(1), [r(256, 1000)]),
+        ("cross_entropy", lambda a: F.cross_entropy(a, nc.tensor(
+            np.arange(256) % 1000, device=a.device)), [r(256, 1000)]),
+    ]
+    print(f"\n{'op':24s} {'max rel err fwd':>15s} {'bwd':>10s} {'gpu f+b ms':>11s}")
+    worst = 0.0
+    for name, fn, arrays in cases:
+        res = {}
+        for dev in ("cpu", "cuda"):
+            ts = [nc.tensor(a, device=dev, requires_grad=True) for a in arrays]
+            y = fn(*ts)
+            g = nc.tensor(np.ones(y.shape, np.float32), device=dev)
+            y.backward(g)
+            res[dev] = (y.numpy(), [t.grad.numpy() for t in ts])
+
+            if dev == "cuda":
+                def step(ts=ts):
+                    for t in ts:
+                        t.grad = None
+                    fn(*ts).backward(g)
+
+                ms = timed(step, cuda.synchronize) * 1e3
+        scale = np.abs(res["cpu"][0]).max() + 1e-12
+        fwd = np.abs(res["cuda"][0] - res["cpu"][0]).max() / scale
+        bwd = max(np.abs(a - b).max() / (np.abs(b).max() + 1e-12)
+                  for a, b in zip(res["cuda"][1], res["cpu"][1]))
+        worst = max(worst, fwd, bwd)
+        print(f"{name:24s} {fwd:15.2e} {bwd:10.2e} {ms:11.2f}")
+    return worst
+
+
+def training_steps():
+    from numba import cuda
+
+    import numbaconv as nc
+    import numbaconv.functional as F
+    from numbaconv import models, optim
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import train as tb  # benchmarks/train.py: the same PyTorch models
+
+    print(f"\n{'model':16s} {'batch':>5s} {'numbaconv img/s':>16s} {'PyTorch img/s':>14s}")
+    for name, bs in (("LeNet-5", 256), ("ResNet-mini-8", 128)):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((bs, 1, 28, 28)).astype(np.float32)
+        y = rng.integers(0, 10, bs)
+        nc.manual_seed(0)
+        model = (models.lenet5() if name == "LeNet-5" else models.resnet_mini(8)).to("cuda")
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        X, Y = nc.tensor(x, device="cuda"), nc.tensor(y, device="cuda")
+
+        def step():
+            loss = F.cross_entropy(model(X), Y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        ours = bs / timed(step, cuda.synchronize, 10)
+        theirs = float("nan")
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                tm = tb.torch_model(name).cuda()
+                topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+                tx, ty = torch.tensor(x).cuda(), torch.tensor(y).cuda()
+
+                def tstep():
+                    loss = torch.nn.functional.cross_entropy(tm(tx), ty)
+                    topt.zero_grad()
+                    loss.backward()
+                    topt.step()
+
+                theirs = bs / timed(tstep, torch.cuda.synchronize, 10)
+        except ImportError:
+            pass
+        print(f"{name:16s} {bs:5d} {ours:16.0f} {theirs:14.0f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--skip-tests", action="store_true")
+    args = ap.parse_args(argv)
+    os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+    import numba
+    from numba import cuda
+
+    dev = cuda.get_current_device()
+    print(f"GPU: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, "
+          f"numba {numba.__version__}, numba-cuda "
+          f"{getattr(__import__('numba_cuda'), '__version__', '?')}")
+    t0 = time.perf_counter()
+    ok = True if args.skip_tests else run_tests()
+    worst = op_parity()
+    training_steps()
+    print(f"\nworst relative difference to the CPU backend: {worst:.2e}; tests "
+          f"{'passed' if ok else 'FAILED'}; {time.perf_counter() - t0:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()
