@@ -15,9 +15,13 @@ from ..tensor import tensor
 
 class DataLoader:
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False,
-                 drop_last: bool = False, seed: int | None = None, device=None):
+                 drop_last: bool = False, seed: int | None = None, device=None,
+                 num_workers: int = 0):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size={batch_size!r} must be a positive int")
+        if num_workers != 0:
+            raise ValueError(f"DataLoader: num_workers={num_workers!r} is not supported (batches "
+                             f"are assembled with vectorised NumPy in the calling thread); use 0")
         if len(dataset) == 0:
             raise ValueError("DataLoader: the dataset is empty")
         self.dataset, self.batch_size = dataset, batch_size
