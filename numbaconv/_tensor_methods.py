@@ -90,3 +90,35 @@ def _copy_(self, src):
 
 
 Tensor.copy_ = _copy_
+
+
+def _setitem(self, index, value):
+    """``t[index] = value`` in place (a number or a tensor broadcastable to the selection).
+
+    Like the other in-place ops it is refused on a tensor that requires grad while gradients
+    are being recorded."""
+    from .autograd import is_grad_enabled
+
+    if is_grad_enabled() and self.requires_grad:
+        raise RuntimeError("__setitem__: in-place assignment to a tensor that requires grad "
+                           "would corrupt its graph; do it inside numbaconv.no_grad()")
+    parts = index if isinstance(index, tuple) else (index,)
+    parts = tuple(F._index_part(p, self.device) for p in parts)
+    if isinstance(value, Tensor):
+        if value.device != self.device:
+            raise RuntimeError(f"__setitem__: value is on {value.device!r}, tensor on "
+                               f"{self.device!r}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"__setitem__: value has dtype {value.dtype}, tensor {self.dtype}")
+        data = value.data
+    else:
+        import numbers
+
+        if not isinstance(value, numbers.Number):
+            raise TypeError(f"__setitem__: value must be a number or a Tensor, got "
+                            f"{type(value).__name__}")
+        data = self.backend.full((), value, self.dtype)
+    self.backend.setitem(self.data, parts, data)
+
+
+Tensor.__setitem__ = _setitem

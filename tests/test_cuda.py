@@ -278,3 +278,14 @@ if bad:
     sys.exit(1)
 print(f"compiled {n} kernel specialisations for sm_90")
 """
+
+
+@needs_cuda
+def test_setitem_on_device():
+    x = nc.zeros(3, 4, device="cuda")
+    x[1] = 2.0
+    x[:, 1:3] = nc.tensor([5.0, 6.0], device="cuda")
+    ref = np.zeros((3, 4), np.float32)
+    ref[1] = 2
+    ref[:, 1:3] = [5, 6]
+    np.testing.assert_array_equal(x.numpy(), ref)

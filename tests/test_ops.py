@@ -327,3 +327,21 @@ def test_nan_propagates():
     assert np.isnan(x.relu().numpy()[1]) and np.isnan(x.sigmoid().numpy()[1])
     assert np.isnan(x.log_softmax(0).numpy()).all()
     assert np.isnan(x.sum().item())
+
+
+def test_setitem_in_place():
+    x = nc.zeros(3, 4)
+    x[1] = 2.0
+    x[:, 0] = nc.tensor([5.0, 6.0, 7.0])
+    x[x > 5.5] = -1.0
+    np.testing.assert_array_equal(x.numpy(), [[5, 0, 0, 0], [-1, 2, 2, 2], [-1, 0, 0, 0]])
+    w = nc.ones(2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="requires grad"):
+        w[0] = 3.0
+    with nc.no_grad():
+        w[0] = 3.0
+    assert w.numpy().tolist() == [3.0, 1.0]
+    with pytest.raises(TypeError, match="dtype"):
+        x[0] = nc.ones(4, dtype=nc.float64)
+    with pytest.raises(ValueError, match="__setitem__"):
+        x[0] = nc.ones(3)

@@ -172,6 +172,12 @@ class CPUBackend:
     def getitem(self, a, index):
         return a[index]
 
+    def setitem(self, a, index, value):
+        try:
+            a[index] = value
+        except ValueError as e:
+            raise ValueError(f"__setitem__: {e}") from None
+
     def getitem_backward(self, shape, index, g):
         out = np.zeros(shape, dtype=g.dtype)
         if any(isinstance(i, np.ndarray) for i in index):

@@ -308,6 +308,18 @@ class CUDABackend:
         offset, shape, strides = _basic_view(a.shape, index)
         return self._gather(a, offset, shape, strides)
 
+    def setitem(self, a, index, value):
+        if any(isinstance(i, np.ndarray) or hasattr(i, "copy_to_host") for i in index):
+            raise IndexError("__setitem__ with index arrays is not supported on the cuda "
+                             "backend; use where() or slices")
+        offset, shape, strides = _basic_view(a.shape, index)
+        try:
+            np.broadcast_shapes(tuple(value.shape), shape)
+        except ValueError:
+            raise ValueError(f"__setitem__: value of shape {tuple(value.shape)} does not fit "
+                             f"the selection of shape {shape}") from None
+        self._scatter(self.broadcast_to(value, shape), a, offset, shape, strides)
+
     def getitem_backward(self, shape, index, g):
         out = self.zeros(shape, g.dtype)
         if any(isinstance(i, np.ndarray) or hasattr(i, "copy_to_host") for i in index):
