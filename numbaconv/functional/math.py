@@ -61,14 +61,16 @@ def _scalar_like(value, like: Tensor, op: str) -> Tensor:
         value = value.item()
     if not isinstance(value, numbers.Number) or isinstance(value, complex):
         raise TypeError(f"{op}: expected a Tensor or a real number, got {type(value).__name__}")
+    # PyTorch's rules: a float tensor keeps its dtype, an int or bool tensor meeting a Python
+    # float becomes float32, a bool tensor meeting an int becomes int64
     if is_floating(like.dtype):
         dt = like.dtype
     elif isinstance(value, float):
         dt = float32
+    elif like.dtype.kind == "b" and not isinstance(value, bool):
+        dt = np.dtype(np.int64)
     else:
-        dt = like.dtype if not isinstance(value, bool) or like.dtype.kind == "b" else like.dtype
-        if like.dtype.kind == "b" and not isinstance(value, bool):
-            dt = np.dtype(np.int64)
+        dt = like.dtype
     return Tensor._make(like.backend.full((), value, dt), like.device)
 
 
