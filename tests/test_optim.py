@@ -109,3 +109,25 @@ def test_optimizer_errors_and_param_groups():
     before = q.numpy().copy()
     o.step()
     np.testing.assert_allclose(q.numpy(), before - 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True,
+                                                 weight_decay=0.01)),
+                                    ("AdamW", dict(lr=0.01, amsgrad=True))])
+def test_large_parameters_take_the_parallel_kernel_with_the_same_result(name, kw):
+    from numbaconv.kernels.cpu import optim as optim_k
+
+    n = optim_k.PARALLEL_MIN + 3
+    w0 = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    big = nc.tensor(w0, requires_grad=True)
+    small = [nc.tensor(w0[i:i + 1000], requires_grad=True) for i in range(0, n, 1000)]
+    ob, os_ = getattr(optim, name)([big], **kw), getattr(optim, name)(small, **kw)
+    for _ in range(3):
+        ob.zero_grad()
+        os_.zero_grad()
+        _quartic(big).backward()
+        sum(_quartic(p) for p in small).backward()
+        ob.step()
+        os_.step()
+    np.testing.assert_allclose(big.numpy(), np.concatenate([p.numpy() for p in small]),
+                               rtol=1e-6, atol=1e-7)

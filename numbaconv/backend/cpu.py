@@ -391,7 +391,8 @@ class CPUBackend:
     def sgd_step(self, p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
         t = p.dtype.type
         use_buf = buf is not None
-        optim_k.sgd_step(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
+        kernel = optim_k.sgd_step if p.size >= optim_k.PARALLEL_MIN else optim_k.sgd_step_serial
+        kernel(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
                          buf.reshape(-1) if use_buf else p.reshape(-1), t(lr), t(momentum),
                          t(dampening), bool(nesterov), t(weight_decay), bool(first), use_buf)
 
@@ -399,7 +400,9 @@ class CPUBackend:
                   bias1, bias2_sqrt):
         t = p.dtype.type
         amsgrad = vmax is not None
-        optim_k.adam_step(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
+        kernel = optim_k.adam_step if p.size >= optim_k.PARALLEL_MIN else \
+            optim_k.adam_step_serial
+        kernel(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
                           v.reshape(-1), vmax.reshape(-1) if amsgrad else v.reshape(-1), t(lr),
                           t(beta1), t(beta2), t(eps), t(weight_decay), bool(decoupled), amsgrad,
                           t(bias1), t(bias2_sqrt))
