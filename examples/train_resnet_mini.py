@@ -1,6 +1,6 @@
 """Train a CIFAR-style ResNet (ResNet-mini) on Fashion-MNIST (or MNIST), print test accuracy.
 
-    python examples/train_resnet_mini.py                      # ResNet-8, 15 epochs
+    python examples/train_resnet_mini.py                      # ResNet-8, 30 epochs: 93.3%
     python examples/train_resnet_mini.py --depth 20 --epochs 30
     python examples/train_resnet_mini.py --epochs 1 --train-subset 5000
 
@@ -25,7 +25,7 @@ MEAN_STD = {"fashion-mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
 
 
 def main(argv=None):
-    ap = parser(__doc__.split("\n")[0], epochs=15, batch_size=128, lr=0.1)
+    ap = parser(__doc__.split("\n")[0], epochs=30, batch_size=128, lr=0.1)
     ap.add_argument("--depth", type=int, default=8, help="6n+2: 8, 14, 20, ...")
     args = ap.parse_args(argv)
     started = time.perf_counter()
