@@ -56,11 +56,20 @@ def torch_model(name):
     import torch.nn as tnn
 
     if name == "LeNet-5":
-        return tnn.Sequential(
-            tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
-                           tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2)),
-            tnn.Sequential(tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84),
-                           tnn.ReLU(), tnn.Linear(84, 10)))
+        class LeNet(tnn.Module):  # numbaconv.models.LeNet5's structure and parameter names
+            def __init__(self):
+                super().__init__()
+                self.features = tnn.Sequential(
+                    tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
+                    tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2))
+                self.classifier = tnn.Sequential(
+                    tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84),
+                    tnn.ReLU(), tnn.Linear(84, 10))
+
+            def forward(self, x):
+                return self.classifier(self.features(x))
+
+        return LeNet()
 
     class Block(tnn.Module):
         def __init__(self, cin, cout, stride):

@@ -124,27 +124,38 @@ def max_pool2d_backward(gy, idx, gx):
                 flat[k[q]] += g[q]
 
 
-@njit(cache=True, inline="always")
-def _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, count_include_pad, divisor):
-    if divisor > 0:
-        return divisor
-    h0 = oh * sh - ph
-    w0 = ow * sw - pw
-    h1 = min(h0 + kh, h + ph)
-    w1 = min(w0 + kw, w + pw)
-    if count_include_pad:
-        return (h1 - h0) * (w1 - w0)
-    return (min(h1, h) - max(h0, 0)) * (min(w1, w) - max(w0, 0))
+@njit(cache=True)
+def _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pad, divisor,
+                      dtype_one):
+    """1/divisor of every output window: ``divisor`` if > 0, else the window's size clipped
+    to the padded input (count_include_pad) or to the input itself (0 for an empty window)."""
+    inv = np.empty((oh_n, ow_n), dtype=np.asarray(dtype_one).dtype)
+    for oh in range(oh_n):
+        h0 = oh * sh - ph
+        h1 = min(h0 + kh, h + ph)
+        for ow in range(ow_n):
+            w0 = ow * sw - pw
+            w1 = min(w0 + kw, w + pw)
+            if divisor > 0:
+                d = divisor
+            elif count_include_pad:
+                d = (h1 - h0) * (w1 - w0)
+            else:
+                d = (min(h1, h) - max(h0, 0)) * (min(w1, w) - max(w0, 0))
+            inv[oh, ow] = dtype_one / d if d > 0 else dtype_one * 0
+    return inv
 
 
 @njit(**_opts)
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y):
-    """Mean over each window: ``divisor`` if > 0, else the window size clipped to the padded
-    input (count_include_pad) or to the input itself. Separable: a contiguous vertical sum of
-    the window's rows, then each output adds its ``kw`` columns."""
+    """Mean over each window (see _inverse_divisors for the divisor). Separable: a contiguous
+    vertical sum of the window's rows, then each output adds its ``kw`` columns, then one
+    vectorised multiply by the precomputed inverse divisors."""
     planes, h, w = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
     zero = y.dtype.type(0)
+    inv = _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pad,
+                            divisor, y.dtype.type(1))
     for p in prange(planes):
         col_sum = np.empty(w, dtype=x.dtype)
         for oh in range(oh_n):
@@ -156,38 +167,46 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y):
                     x_row = x[p, ih]
                     for q in range(_u(w)):
                         col_sum[q] += x_row[q]
-            for ow in range(ow_n):
-                lo = max(ow * sw - pw, 0)
-                hi = min(ow * sw - pw + kw, w)
-                acc = zero
-                for iw in range(lo, hi):
-                    acc += col_sum[iw]
-                d = _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, count_include_pad, divisor)
-                y[p, oh, ow] = acc / y.dtype.type(d) if d > 0 else zero
+            y_row = y[p, oh]
+            for q in range(_u(ow_n)):
+                y_row[q] = zero
+            for j in range(kw):
+                lo, hi = _valid_range(j - pw, sw, w, ow_n)
+                base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
+                for q in range(_u(hi - lo)):
+                    y_row[lo_u + q] += col_sum[base + q * s]
+            inv_row = inv[oh]
+            for q in range(_u(ow_n)):
+                y_row[q] *= inv_row[q]
 
 
 @njit(**_opts)
 def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, gx):
-    """The adjoint, also separable: spread each output's share over its columns into one row,
-    then add that row to each of the window's input rows (contiguous)."""
+    """The adjoint, also separable: scale a row of gy by the inverse divisors, spread it over
+    the window columns into one row, then add that row to each of the window's input rows."""
     planes, h, w = gx.shape
     oh_n, ow_n = gy.shape[1], gy.shape[2]
     zero = gx.dtype.type(0)
+    inv = _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pad,
+                            divisor, gx.dtype.type(1))
     for p in prange(planes):
         row = np.empty(w, dtype=gx.dtype)
+        scaled = np.empty(ow_n, dtype=gx.dtype)
         flat = gx[p].reshape(h * w)
         for q in range(_u(h * w)):
             flat[q] = zero
         for oh in range(oh_n):
+            g_in = gy[p, oh]
+            inv_row = inv[oh]
+            for q in range(_u(ow_n)):
+                scaled[q] = g_in[q] * inv_row[q]
             for q in range(_u(w)):
                 row[q] = zero
-            for ow in range(ow_n):
-                d = _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, count_include_pad, divisor)
-                if d == 0:
-                    continue
-                g = gy[p, oh, ow] / gx.dtype.type(d)
-                for iw in range(max(ow * sw - pw, 0), min(ow * sw - pw + kw, w)):
-                    row[iw] += g
+            for j in range(kw):
+                lo, hi = _valid_range(j - pw, sw, w, ow_n)
+                base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
+                for q in range(_u(hi - lo)):
+                    row[base + q * s] += scaled[lo_u + q]
             for i in range(kh):
                 ih = oh * sh - ph + i
                 if 0 <= ih < h:
