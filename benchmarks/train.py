@@ -30,16 +30,24 @@ CONFIGS = {"lenet": [("LeNet-5", 64), ("LeNet-5", 256)], "resnet": [("ResNet-min
 
 
 def batches(batch_size, n_batches, seed=0):
-    """Real Fashion-MNIST batches when the dataset is installed, else random images."""
+    """Real Fashion-MNIST batches when the dataset is installed, else random images (read
+    with the IDX reader alone, so that a PyTorch-only process does not load numbaconv)."""
     rng = np.random.default_rng(seed)
     try:
-        from numbaconv.data import FashionMNIST
+        import importlib.util
 
-        ds = FashionMNIST(train=True)
-        idx = rng.permutation(len(ds))[: batch_size * n_batches]
-        x = ((ds.images[idx].astype(np.float32) / 255 - 0.286) / 0.353)[:, None]
-        y = ds.labels[idx]
-    except FileNotFoundError:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "numbaconv", "data", "idx.py")
+        spec = importlib.util.spec_from_file_location("_idx", path)
+        idx_mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(idx_mod)
+        root = "/usr/share/datasets/fashion-mnist/"
+        images = idx_mod.read_idx(root + "train-images-idx3-ubyte.gz")
+        labels = idx_mod.read_idx(root + "train-labels-idx1-ubyte.gz").astype(np.int64)
+        idx = rng.permutation(len(images))[: batch_size * n_batches]
+        x = ((images[idx].astype(np.float32) / 255 - 0.286) / 0.353)[:, None]
+        y = labels[idx]
+    except (FileNotFoundError, ImportError, AttributeError):
         x = rng.standard_normal((batch_size * n_batches, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, batch_size * n_batches)
     return [(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
@@ -168,11 +176,12 @@ t_start = float(sys.argv[3])
 lib, name = sys.argv[1], sys.argv[2]
 sys.path.insert(0, {bench!r})
 import train as B
-from _common import set_threads
-set_threads(int(sys.argv[4]))
+threads = int(sys.argv[4])
 bs = 64 if name == "LeNet-5" else 128
 data = B.batches(bs, 20)
-if lib == "numbaconv":
+if lib == "numbaconv":  # only the library under test is imported: its own memory is measured
+    import numba
+    numba.set_num_threads(threads)
     import numbaconv as nc
     from numbaconv import optim
     from numbaconv.nn import functional as F
@@ -184,6 +193,7 @@ if lib == "numbaconv":
         opt.zero_grad(); loss.backward(); opt.step()
 else:
     import torch
+    torch.set_num_threads(threads)
     model = B.torch_model(name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     def step(x, y):
