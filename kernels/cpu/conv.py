@@ -2,14 +2,17 @@
 
 Two strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backward`:
 
-* **im2col + BLAS** (``groups`` with many channels per group): pack every receptive field into
-  the columns of a ``(C_g*kH*kW, N*H_out*W_out)`` matrix with a parallel Numba kernel, then one
-  NumPy ``sgemm`` per group. Backward multiplies by the transposed operands and scatters the
-  column gradient back with :func:`col2im`, parallel over ``(n, c)`` planes so that every plane
-  has exactly one writer.
-* **direct loops** (depthwise and other thin groups, where a GEMM would be tiny): one ``prange``
-  task per output plane (forward), per input plane (input gradient) or per filter slice
-  (weight gradient), so each task owns what it writes.
+* **im2col + BLAS** (the general case). The images are split between Python worker threads
+  (threads.pool); each packs a chunk of its images into a ``(C_g*kH*kW + 1, chunk*M)`` column
+  matrix small enough to stay in its L2 cache (serial ``nogil`` Numba kernels), multiplies it by
+  ``[W | b]`` with single-threaded BLAS (the ones row adds the bias), and unpacks the result to
+  NCHW. With stride 1 every packed row is one contiguous slice of the padded plane (the "flat"
+  layout, see below); otherwise rows are strided gathers. Backward packs the output gradient the
+  same way, accumulates ``[dW | db]`` per thread (summed after the join: no shared writes) and
+  scatters the column gradient back with col2im, each thread into its own images only.
+* **direct loops** (depthwise-like groups, where a GEMM would have one row): one ``prange`` task
+  per output plane (forward), per input plane (input gradient) or per filter slice (weight
+  gradient), so each task owns what it writes.
 
 Scratch matrices are reused between calls (page faults on fresh buffers cost more than the
 packing itself). Shapes, strides, padding and dilation arrive already validated.
