@@ -40,6 +40,33 @@ def _mix(z):
     return z ^ (z >> U64(31))
 
 
+# Layout kernels never need a typed constant: one definition serves every dtype (Numba
+# specialises them per argument type at launch).
+@cuda.jit
+def fill(out, value):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = value
+
+
+@cuda.jit
+def gather(src, base, strides, shape, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = src[_offset(i, shape, strides, base)]
+
+
+@cuda.jit
+def scatter(src, base, strides, shape, out):
+    for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+        out[_offset(i, shape, strides, base)] = src[i]
+
+
+@cuda.jit
+def cast(src, out):
+    """out[i] = src[i] converted to out's dtype."""
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = src[i]
+
+
 @cache
 def kernels(dtype) -> SimpleNamespace:
     T = numba.from_dtype(np.dtype(dtype))
@@ -50,21 +77,6 @@ def kernels(dtype) -> SimpleNamespace:
     scale = 1.0 / (1 << mantissa)
     zero, one, half = T(0), T(1), T(0.5)
     ns = SimpleNamespace()
-
-    @cuda.jit
-    def fill(out, value):
-        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            out[i] = value
-
-    @cuda.jit
-    def gather(src, base, strides, shape, out):
-        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            out[i] = src[_offset(i, shape, strides, base)]
-
-    @cuda.jit
-    def scatter(src, base, strides, shape, out):
-        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
-            out[_offset(i, shape, strides, base)] = src[i]
 
     @cuda.jit
     def uniform(seed, counter, out):
@@ -246,37 +258,8 @@ def kernels(dtype) -> SimpleNamespace:
                 r //= n
             cuda.atomic.add(out, off, g[i])
 
-    for k in (fill, gather, scatter, uniform, normal, dropout_mask, where, sgd_step,
+    for k in (fill, gather, scatter, cast, uniform, normal, dropout_mask, where, sgd_step,
               adam_step, index_gather, index_scatter_add, take_rows, put_rows, map_gather,
               map_scatter_add):
         setattr(ns, getattr(k, "__name__", None) or k.py_func.__name__, k)
-    return ns
-
-
-@cache
-def int_kernels(dtype) -> SimpleNamespace:
-    """The layout and comparison kernels for integer and bool arrays."""
-    ns = SimpleNamespace()
-
-    @cuda.jit
-    def fill(out, value):
-        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            out[i] = value
-
-    @cuda.jit
-    def gather(src, base, strides, shape, out):
-        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            out[i] = src[_offset(i, shape, strides, base)]
-
-    @cuda.jit
-    def scatter(src, base, strides, shape, out):
-        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
-            out[_offset(i, shape, strides, base)] = src[i]
-
-    @cuda.jit
-    def cast(src, out):
-        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            out[i] = src[i]
-
-    ns.fill, ns.gather, ns.scatter, ns.cast = fill, gather, scatter, cast
     return ns

@@ -17,6 +17,18 @@ from numba import cuda
 BLOCK = 32 if cuda.config.ENABLE_CUDASIM else 128
 
 
+@cuda.jit(device=True, inline=True)
+def _block_sum(buf, t):
+    """Sum buf[0:BLOCK] into buf[0] with a tree over the block's threads (all must call)."""
+    cuda.syncthreads()
+    s = BLOCK // 2
+    while s > 0:
+        if t < s:
+            buf[t] += buf[t + s]
+        cuda.syncthreads()
+        s //= 2
+
+
 @cache
 def kernels(dtype) -> SimpleNamespace:
     T = numba.from_dtype(np.dtype(dtype))
@@ -119,13 +131,7 @@ def kernels(dtype) -> SimpleNamespace:
         for j in range(t, n, BLOCK):
             acc += math.exp(x[r, j] - m)
         buf[t] = acc
-        cuda.syncthreads()
-        s = BLOCK // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(buf, t)
         total = buf[0]
         for j in range(t, n, BLOCK):
             if log:
@@ -143,13 +149,7 @@ def kernels(dtype) -> SimpleNamespace:
         for j in range(t, n, BLOCK):
             acc += gy[r, j] if log else gy[r, j] * y[r, j]
         buf[t] = acc
-        cuda.syncthreads()
-        s = BLOCK // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(buf, t)
         total = buf[0]
         for j in range(t, n, BLOCK):
             if log:
@@ -189,13 +189,7 @@ def kernels(dtype) -> SimpleNamespace:
         for q in range(t, total, BLOCK):
             acc += x[q // m, c, q % m]
         buf[t] = acc
-        cuda.syncthreads()
-        s = BLOCK // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(buf, t)
         mu = buf[0] / T(total)
         cuda.syncthreads()
         acc = zero
@@ -203,13 +197,7 @@ def kernels(dtype) -> SimpleNamespace:
             d = x[q // m, c, q % m] - mu
             acc += d * d
         buf[t] = acc
-        cuda.syncthreads()
-        s = BLOCK // 2
-        while s > 0:
-            if t < s:
-                buf[t] += buf[t + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(buf, t)
         if t == 0:
             mean[c] = mu
             var[c] = buf[0] / T(total)
@@ -231,14 +219,8 @@ def kernels(dtype) -> SimpleNamespace:
             a2 += gv * (x[q // m, c, q % m] - mu)
         b1[t] = a1
         b2[t] = a2
-        cuda.syncthreads()
-        s = BLOCK // 2
-        while s > 0:
-            if t < s:
-                b1[t] += b1[t + s]
-                b2[t] += b2[t + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(b1, t)
+        _block_sum(b2, t)
         if t == 0:
             sg[c] = b1[0]
             sgx[c] = b2[0]

@@ -28,7 +28,7 @@ try:
 except ImportError:  # pragma: no cover - numba always ships a cuda module
     cuda = None
 
-_MODULES = {"ew": ew_k.kernels, "int": ew_k.int_kernels, "red": red_k.kernels,
+_MODULES = {"ew": ew_k.kernels, "red": red_k.kernels,
             "mm": mm_k.kernels, "conv": conv_k.kernels, "pool": pool_k.kernels}
 # threads per block; the simulator runs every thread of a block in Python, so it gets fewer
 SIMULATOR = cuda is not None and cuda.config.ENABLE_CUDASIM
@@ -165,7 +165,8 @@ class CUDABackend:
         return np.dtype(dtype).kind == "f"
 
     def _fam(self, dtype):
-        """The kernel family for a dtype: float kernels, or the generic ones for ints/bools."""
+        """Which dtype's kernel set to take: the array's own for floats; for ints and bools the
+        float32 set, whose dtype-agnostic kernels (layout, comparisons) Numba specialises."""
         return np.dtype(dtype) if self._is_float(dtype) else np.dtype(np.float32)
 
     # ------------------------------------------------------------ memory
@@ -195,8 +196,7 @@ class CUDABackend:
     def full(self, shape, value, dtype):
         out = self._empty(shape, dtype)
         if out.size:
-            fam = "ew" if self._is_float(dtype) else "int"
-            self._run(f"{fam}.fill", dtype, out.size, self._flat(out),
+            self._run("ew.fill", self._fam(dtype), out.size, self._flat(out),
                       np.dtype(dtype).type(value))
         return out
 
@@ -221,7 +221,7 @@ class CUDABackend:
 
     def astype(self, a, dtype):
         out = self._empty(a.shape, dtype)
-        self._run("int.cast", np.int64, out.size, self._flat(a), self._flat(out))
+        self._run("ew.cast", self._fam(dtype), out.size, self._flat(a), self._flat(out))
         return out
 
     def ascontiguous(self, a):
@@ -234,17 +234,14 @@ class CUDABackend:
     # ------------------------------------------------------------ layout
     def _gather(self, a, offset, shape, strides):
         out = self._empty(shape, a.dtype)
-        fam = "ew" if self._is_float(a.dtype) else "int"
-        self._run(f"{fam}.gather", self._fam(a.dtype) if fam == "ew" else np.int64, out.size,
-                  self._flat(a), np.int64(offset), tuple(int(s) for s in strides) or (0,),
-                  _kshape(shape), self._flat(out))
+        self._run("ew.gather", self._fam(a.dtype), out.size, self._flat(a), np.int64(offset),
+                  tuple(int(s) for s in strides) or (0,), _kshape(shape), self._flat(out))
         return out
 
     def _scatter(self, src, out, offset, shape, strides):
-        fam = "ew" if self._is_float(out.dtype) else "int"
-        self._run(f"{fam}.scatter", self._fam(out.dtype) if fam == "ew" else np.int64,
-                  src.size, self._flat(src), np.int64(offset),
-                  tuple(int(s) for s in strides) or (0,), _kshape(shape), self._flat(out))
+        self._run("ew.scatter", self._fam(out.dtype), src.size, self._flat(src),
+                  np.int64(offset), tuple(int(s) for s in strides) or (0,), _kshape(shape),
+                  self._flat(out))
 
     def reshape(self, a, shape):
         shape = tuple(shape)
