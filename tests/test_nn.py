@@ -234,3 +234,24 @@ def test_float64_layers_gradcheck():
                                                      requires_grad=True),))
 
 
+
+
+@needs_torch
+@pytest.mark.parametrize("kw", [dict(), dict(label_smoothing=0.2), dict(reduction="sum"),
+                                dict(reduction="none"), dict(weight=True)])
+def test_cross_entropy_with_probability_targets(kw):
+    from tests.helpers import torch_parity
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    p = rng.random((5, 4)).astype(np.float32)
+    p /= p.sum(1, keepdims=True)
+    kw = dict(kw)
+    w = rng.random(4).astype(np.float32) + 0.5
+    extra_nc = dict(weight=nc.tensor(w)) if kw.pop("weight", False) else {}
+    extra_th = {k: torch.tensor(w) for k in extra_nc}
+    torch_parity(lambda a: F.cross_entropy(a, nc.tensor(p), **kw, **extra_nc),
+                 lambda a: torch.nn.functional.cross_entropy(a, torch.tensor(p), **kw,
+                                                             **extra_th), [x])
+    with pytest.raises(ValueError, match="probability targets"):
+        F.cross_entropy(nc.tensor(x), nc.tensor(p[:, :3].copy()))

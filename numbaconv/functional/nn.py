@@ -248,10 +248,12 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy of logits ``input`` (N, C[, d...]) and class indices ``target``.
+    """Cross-entropy of logits ``input`` (N, C[, d...]) and ``target``: class indices
+    (N[, d...]) or class probabilities of the input's shape (soft labels, as PyTorch allows).
 
     ``log_softmax`` then ``nll_loss``, with PyTorch's label smoothing: the loss is
-    ``(1 - s) * nll + s / C * sum_c(-w_c * log p_c)``. Stable for logits of any magnitude.
+    ``(1 - s) * nll + s / C * sum_c(-w_c * log p_c)``; probability targets are smoothed to
+    ``(1 - s) * p + s / C``. Stable for logits of any magnitude.
     """
     _check_float(input, "cross_entropy")
     _check_reduction(reduction, "cross_entropy")
@@ -263,6 +265,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         raise ValueError(f"cross_entropy(): input must be (N, C) or (N, C, d1, ...), got "
                          f"{input.shape}")
     n_classes = input.shape[1]
+    if isinstance(target, Tensor) and target.dtype.kind == "f":
+        return _soft_cross_entropy(input, target, weight, reduction, label_smoothing)
     _check_target(target, n_classes, ignore_index, "cross_entropy")
     logits, tgt = _class_last(input, target, "cross_entropy")
     logp = ops.log_softmax(logits, 1)
@@ -285,6 +289,31 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if reduction == "none":
         loss = ops.reshape(loss, target.shape)
     return loss
+
+
+def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):
+    if target.shape != input.shape:
+        raise ValueError(f"cross_entropy(): probability targets must have the input's shape "
+                         f"{input.shape}, got {target.shape}")
+    if target.dtype != input.dtype:
+        raise TypeError(f"cross_entropy(): target has dtype {target.dtype}, input "
+                        f"{input.dtype}")
+    n_classes = input.shape[1]
+    if label_smoothing > 0:
+        target = target * (1 - label_smoothing) + label_smoothing / n_classes
+    logp = ops.log_softmax(input, 1)
+    if weight is not None:
+        _check_float(weight, "cross_entropy", "weight")
+        if weight.shape != (n_classes,):
+            raise ValueError(f"cross_entropy(): weight has shape {weight.shape}, expected "
+                             f"({n_classes},)")
+        logp = logp * ops.reshape(weight, (1, n_classes) + (1,) * (input.ndim - 2))
+    per_item = -(logp * target).sum(1)
+    if reduction == "mean":
+        return per_item.sum() / (per_item.numel() or 1)
+    if reduction == "sum":
+        return per_item.sum()
+    return per_item
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
