@@ -293,8 +293,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
 
 def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):
     if target.shape != input.shape:
-        raise ValueError(f"cross_entropy(): probability targets must have the input's shape "
-                         f"{input.shape}, got {target.shape}")
+        raise TypeError(f"cross_entropy(): a float target of shape {target.shape} is neither "
+                        f"class indices (an integer tensor) nor class probabilities of the "
+                        f"input's shape {input.shape}")
     if target.dtype != input.dtype:
         raise TypeError(f"cross_entropy(): target has dtype {target.dtype}, input "
                         f"{input.dtype}")
