@@ -5,7 +5,8 @@
 >>> (x * x).sum().backward()
 """
 
-from . import data, functional, models, nn, optim, train
+from . import analysis, arith, data, functional, models, nn, optim, train, visualize
+from ._summary import ModelSummary, summary
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import DEVICES, default_device, get_backend, seed_all
 from .functional import (  # noqa: E402  (tensor-level functions, as in torch.*)
@@ -91,6 +92,7 @@ __all__ = [
     "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
     "manual_seed", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled",
     "gradcheck", "GradcheckError", "functional", "nn", "optim", "data", "models", "train",
+    "arith", "analysis", "visualize", "summary", "ModelSummary",
     "default_device", "get_backend", "DEVICES",
     "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
     "abs", "amax", "amin", "argmax", "argmin", "cat", "exp", "flatten", "log", "log_softmax",

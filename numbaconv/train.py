@@ -67,6 +67,11 @@ def _atomic_write_text(path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def _main(output):
+    """The main output of a model that returns several (GoogLeNet's logits and aux heads)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def _is_classification(output: Tensor, target: Tensor) -> bool:
     return output.ndim == 2 and target.ndim == 1 and target.dtype.kind in "iu"
 
@@ -83,12 +88,12 @@ def evaluate(model, loader, loss_fn=cross_entropy) -> tuple[float, float]:
                 out = model(x)
                 n = x.shape[0]
                 total_loss += float(loss_fn(out, y).item()) * n
-                if _is_classification(out, y):
-                    correct += int((out.argmax(1) == y).sum().item())
+                if _is_classification(_main(out), y):
+                    correct += int((_main(out).argmax(1) == y).sum().item())
                 count += n
     finally:
         model.train(was_training)
-    acc = correct / count if count and _is_classification(out, y) else float("nan")
+    acc = correct / count if count and _is_classification(_main(out), y) else float("nan")
     return total_loss / max(count, 1), acc
 
 
@@ -108,9 +113,9 @@ def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
         n = x.shape[0]
         total_loss += float(loss.item()) * n
         if classify is None:
-            classify = _is_classification(out, y)
+            classify = _is_classification(_main(out), y)
         if classify:
-            correct += int((out.argmax(1) == y).sum().item())
+            correct += int((_main(out).argmax(1) == y).sum().item())
         count += n
         if bar is not None:
             bar.update(1)

@@ -1,6 +1,24 @@
-"""The model zoo."""
+"""The model zoo: LeNet-5, AlexNet, VGG, GoogLeNet and ResNets, as their papers define them.
 
+Every constructor takes ``num_classes`` and ``in_channels``. ``numbaconv.summary(model,
+(3, 224, 224))`` reproduces the papers' parameter and multiply-add counts.
+"""
+
+from .alexnet import AlexNet, alexnet
+from .googlenet import (
+    GoogLeNet,
+    GoogLeNetOutputs,
+    Inception,
+    InceptionAux,
+    googlenet,
+    googlenet_loss,
+)
 from .lenet import LeNet5, lenet5
-from .resnet import BasicBlock, ResNetMini, resnet_mini
+from .resnet import BasicBlock, ResNet, ResNetMini, resnet18, resnet34, resnet_mini
+from .vgg import VGG, vgg, vgg11, vgg13, vgg16, vgg19
 
-__all__ = ["LeNet5", "lenet5", "BasicBlock", "ResNetMini", "resnet_mini"]
+__all__ = [
+    "LeNet5", "lenet5", "AlexNet", "alexnet", "VGG", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",
+    "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "googlenet", "googlenet_loss",
+    "BasicBlock", "ResNet", "ResNetMini", "resnet18", "resnet34", "resnet_mini",
+]

@@ -1,4 +1,5 @@
-"""Residual networks (He et al., 2016): the CIFAR-style ``resnet_mini`` (depth 6n+2)."""
+"""Residual networks (He et al., 2016): the ImageNet ``resnet18``/``resnet34`` and the
+CIFAR-style ``resnet_mini`` (depth 6n+2)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,49 @@ class ResNetMini(nn.Module):
 
 def resnet_mini(depth: int = 8, num_classes: int = 10, in_channels: int = 1) -> ResNetMini:
     return ResNetMini(depth, num_classes, in_channels)
+
+
+class ResNet(nn.Module):
+    """ImageNet ResNet with basic blocks (the paper's Table 1): 7x7/2 convolution with 64
+    channels, BatchNorm, ReLU, 3x3/2 max pool, four stages at 64, 128, 256, 512 channels
+    (stride 2 at the start of every stage but the first; 1x1 projection shortcuts where the
+    shape changes), global average pooling and a linear classifier."""
+
+    def __init__(self, blocks=(2, 2, 2, 2), num_classes: int = 1000, in_channels: int = 3,
+                 widths=(64, 128, 256, 512)):
+        super().__init__()
+        if len(blocks) != len(widths) or any(int(b) < 1 for b in blocks):
+            raise ValueError(f"ResNet: blocks={blocks!r} needs one positive count per stage "
+                             f"(widths={widths!r})")
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c = widths[0]
+        self.layers = nn.ModuleList()
+        for i, (n, w) in enumerate(zip(blocks, widths)):
+            stage = []
+            for j in range(int(n)):
+                stage.append(BasicBlock(c, w, 2 if (j == 0 and i > 0) else 1))
+                c = w
+            self.layers.append(nn.Sequential(*stage))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.maxpool(self.bn1(self.conv1(x), _relu=True))
+        for stage in self.layers:
+            x = stage(x)
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-18: basic blocks (2, 2, 2, 2); 11.7 M parameters, 1.8 G multiply-adds."""
+    return ResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
+def resnet34(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+    """ResNet-34: basic blocks (3, 4, 6, 3); 21.8 M parameters, 3.6 G multiply-adds."""
+    return ResNet((3, 4, 6, 3), num_classes, in_channels)

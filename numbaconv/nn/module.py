@@ -36,6 +36,42 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
+class RemovableHandle:
+    """What ``register_forward_hook`` returns: ``remove()`` unregisters the hook (also usable
+    as a context manager)."""
+
+    _next_id = 0
+
+    def __init__(self, store: dict, hook, owner: Module | None = None):
+        RemovableHandle._next_id += 1
+        self.id = RemovableHandle._next_id
+        self._store, self._owner = store, owner
+        store[self.id] = hook
+
+    def remove(self) -> None:
+        self._store.pop(self.id, None)
+        owner = self._owner
+        if owner is not None and not self._store:
+            owner.__dict__.pop("_forward_hooks", None)  # the hook-free fast path again
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+_global_forward_hooks: OrderedDict = OrderedDict()
+
+
+def register_module_forward_hook(hook) -> RemovableHandle:
+    """A forward hook on every Module (used by ``numbaconv.summary`` to trace a model)."""
+    if not callable(hook):
+        raise TypeError(f"register_module_forward_hook(): hook must be callable, got {hook!r}")
+    return RemovableHandle(_global_forward_hooks, hook)
+
+
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
@@ -246,7 +282,24 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if not (_global_forward_hooks or "_forward_hooks" in self.__dict__):
+            return self.forward(*args, **kwargs)
+        out = self.forward(*args, **kwargs)
+        hooks = list(_global_forward_hooks.values())
+        hooks += list(self.__dict__.get("_forward_hooks", {}).values())
+        for hook in hooks:
+            replaced = hook(self, args, out)
+            if replaced is not None:
+                out = replaced
+        return out
+
+    def register_forward_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, inputs, output)`` after every forward of this module; a hook
+        that returns a value replaces the output. ``handle.remove()`` takes it off again."""
+        if not callable(hook):
+            raise TypeError(f"register_forward_hook(): hook must be callable, got {hook!r}")
+        hooks = self.__dict__.setdefault("_forward_hooks", OrderedDict())
+        return RemovableHandle(hooks, hook, owner=self)
 
     def extra_repr(self) -> str:
         return ""
