@@ -9,17 +9,22 @@ from ..functional import relu
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU. When the shape changes the
-    shortcut is a 1x1 projection with BatchNorm (the paper's option B)."""
+    shortcut is a 1x1 projection with BatchNorm (the paper's option B). ``residual=False``
+    drops the shortcut: the "plain" block of the paper's comparison."""
 
     expansion = 1
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 residual: bool = True):
         super().__init__()
+        self.residual = bool(residual)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        if stride != 1 or in_channels != out_channels:
+        if not self.residual:
+            self.shortcut = None
+        elif stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                 nn.BatchNorm2d(out_channels))
@@ -28,6 +33,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         out = self.bn1(self.conv1(x), _relu=True)  # BatchNorm and ReLU fused in one kernel
+        if self.shortcut is None:
+            return self.bn2(self.conv2(out), _relu=True)
         out = self.bn2(self.conv2(out))
         return relu(out + self.shortcut(x))
 
@@ -35,10 +42,11 @@ class BasicBlock(nn.Module):
 class ResNetMini(nn.Module):
     """CIFAR ResNet: 3x3 stem with 16 channels, three stages of ``n`` basic blocks at 16, 32, 64
     channels (stride 2 between stages), global average pooling and a linear head.
-    ``depth = 6n + 2``: 8, 14, 20, 32, ..."""
+    ``depth = 6n + 2``: 8, 14, 20, 32, ... ``residual=False`` builds the same network without
+    shortcuts (the paper's "plain" baseline, whose training error grows with depth)."""
 
     def __init__(self, depth: int = 8, num_classes: int = 10, in_channels: int = 1,
-                 widths=(16, 32, 64)):
+                 widths=(16, 32, 64), residual: bool = True):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNetMini: depth={depth} must be 6n + 2 (8, 14, 20, ...)")
@@ -50,7 +58,7 @@ class ResNetMini(nn.Module):
         for i, w in enumerate(widths):
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlock(c, w, 2 if (j == 0 and i > 0) else 1))
+                blocks.append(BasicBlock(c, w, 2 if (j == 0 and i > 0) else 1, residual))
                 c = w
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -66,8 +74,10 @@ class ResNetMini(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def resnet_mini(depth: int = 8, num_classes: int = 10, in_channels: int = 1) -> ResNetMini:
-    return ResNetMini(depth, num_classes, in_channels)
+def resnet_mini(depth: int = 8, num_classes: int = 10, in_channels: int = 1,
+                **kwargs) -> ResNetMini:
+    """CIFAR-style ResNet of ``depth`` 6n+2; keyword options ``widths`` and ``residual``."""
+    return ResNetMini(depth, num_classes, in_channels, **kwargs)
 
 
 class ResNet(nn.Module):
