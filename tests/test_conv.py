@@ -129,6 +129,41 @@ def test_padding_same_and_valid(k, d):
     assert F.conv2d(t64(x, False), t64(w, False), padding="valid").shape[2] == 7 - k + 1
 
 
+@pytest.mark.parametrize("xs,ws,p,d,g,x_grad", [
+    ((4, 1, 13, 11), (6, 1, 5, 5), (2, 2), (1, 1), 1, False),   # LeNet conv1: flat forward
+    ((3, 3, 9, 10), (5, 3, 3, 3), (1, 0), (1, 2), 1, True),     # RGB 3x3: flat input gradient
+    ((5, 6, 14, 14), (16, 6, 5, 5), (0, 0), (1, 1), 1, True),   # LeNet conv2: flat dW
+    ((2, 4, 7, 9), (6, 2, 3, 2), (1, 2), (2, 1), 2, True),      # groups, dilation, asym pad
+    ((2, 16, 6, 6), (16, 16, 3, 3), (1, 1), (1, 1), 1, True),   # the largest flat dW
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flat_direct_kernels_match_reference(xs, ws, p, d, g, x_grad, dtype):
+    """Stride-1 layers with few channels take the flat direct kernels (no im2col)."""
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    args = ((1, 1), p, d, g)
+    X = nc.tensor(x, requires_grad=x_grad)
+    W, B = nc.tensor(w, requires_grad=True), nc.tensor(b, requires_grad=True)
+    y = F.conv2d(X, W, B, *args)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(y.numpy(), R.conv2d(x, w, b, *args), rtol=tol, atol=tol)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(nc.tensor(gy))
+    np.testing.assert_allclose(W.grad.numpy(), R.conv2d_grad_weight(gy, x, w.shape, *args),
+                               rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(B.grad.numpy(), gy.sum(axis=(0, 2, 3)), rtol=tol, atol=tol)
+    if x_grad:
+        np.testing.assert_allclose(X.grad.numpy(), R.conv2d_grad_input(gy, w, x.shape, *args),
+                                   rtol=tol, atol=tol * 10)
+    # the input gradient alone (frozen weights) takes its own path
+    X2 = nc.tensor(x, requires_grad=True)
+    F.conv2d(X2, nc.tensor(w), nc.tensor(b), *args).backward(nc.tensor(gy))
+    np.testing.assert_allclose(X2.grad.numpy(), R.conv2d_grad_input(gy, w, x.shape, *args),
+                               rtol=tol, atol=tol * 10)
+    assert y.dtype == dtype and W.grad.dtype == dtype
+
+
 def test_backward_kernels_are_deterministic_on_two_threads():
     """A race in a backward kernel shows up as run-to-run differences."""
     import numba
@@ -136,7 +171,8 @@ def test_backward_kernels_are_deterministic_on_two_threads():
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
     cases = [((8, 6, 12, 12), (8, 6, 3, 3), 1, 1), ((8, 6, 12, 12), (6, 1, 3, 3), 1, 6),
-             ((4, 4, 9, 9), (6, 2, 3, 3), 2, 2)]
+             ((4, 4, 9, 9), (6, 2, 3, 3), 2, 2), ((9, 1, 12, 12), (6, 1, 5, 5), 1, 1),
+             ((8, 40, 6, 6), (40, 40, 3, 3), 1, 1)]
     for xs, ws, s, g in cases:
         x = nc.tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=True)
         w = nc.tensor(rng.standard_normal(ws).astype(np.float32), requires_grad=True)

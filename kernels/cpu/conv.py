@@ -20,6 +20,7 @@ packing itself). Shapes, strides, padding and dilation arrive already validated.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -339,6 +340,132 @@ def direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw):
                 gw[o, ci, i, j] = total
 
 
+# ---------------------------------------------------------------------- flat direct kernels
+# Stride 1, few channels (LeNet-sized layers): one task per image, no im2col. The image is
+# padded into a small per-task plane; with the "flat" indexing above, output unit q reads tap
+# (i, j) at q + i*dh*Wp + j*dw, so each tap is one long contiguous multiply-add over the whole
+# plane (M = (OH-1)*Wp + OW positions; the Wp-OW junk columns per row are never read back,
+# and are kept at zero in gradients so that they add nothing).
+
+
+@njit(**_opts)
+def flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y):
+    """y = conv2d(x, w) + b, stride 1; parallel over images."""
+    n_img, n_in, h, wd = x.shape
+    n_out, cg, kh, kw = w.shape
+    og = n_out // groups
+    oh_n, ow_n = y.shape[2], y.shape[3]
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    m = (oh_n - 1) * wp + ow_n
+    zero = y.dtype.type(0)
+    for n in prange(n_img):
+        xp = np.zeros((n_in, hp * wp), dtype=x.dtype)
+        for c in range(n_in):
+            for a in range(h):
+                dst = _u((a + ph) * wp + pw)
+                for b in range(_u(wd)):
+                    xp[c, dst + b] = x[n, c, a, b]
+        acc = np.empty(m, dtype=y.dtype)
+        for o in range(n_out):
+            g = o // og
+            bv = bias[o] if has_bias else zero
+            for q in range(_u(m)):
+                acc[q] = bv
+            for ci in range(cg):
+                row = xp[g * cg + ci]
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[o, ci, i, j]
+                        off = _u(i * dh * wp + j * dw)
+                        for q in range(_u(m)):
+                            acc[q] += wv * row[off + q]
+            for a in range(oh_n):
+                src = _u(a * wp)
+                for b in range(_u(ow_n)):
+                    y[n, o, a, b] = acc[src + b]
+
+
+@njit(**_opts)
+def flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx):
+    """gx = conv2d's input gradient, stride 1; parallel over images, each writing its own."""
+    n_img, n_in, h, wd = gx.shape
+    n_out, cg, kh, kw = w.shape
+    og = n_out // groups
+    oh_n, ow_n = gy.shape[2], gy.shape[3]
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    m = (oh_n - 1) * wp + ow_n
+    zero = gx.dtype.type(0)
+    for n in prange(n_img):
+        gyf = np.zeros((n_out, m), dtype=gy.dtype)
+        for o in range(n_out):
+            for a in range(oh_n):
+                dst = _u(a * wp)
+                for b in range(_u(ow_n)):
+                    gyf[o, dst + b] = gy[n, o, a, b]
+        plane = np.empty(hp * wp, dtype=gx.dtype)
+        for c in range(n_in):
+            g = c // cg
+            ci = c - g * cg
+            for q in range(_u(hp * wp)):
+                plane[q] = zero
+            for o in range(g * og, (g + 1) * og):
+                src = gyf[o]
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[o, ci, i, j]
+                        off = _u(i * dh * wp + j * dw)
+                        for q in range(_u(m)):
+                            plane[off + q] += wv * src[q]
+            for a in range(h):
+                s0 = _u((a + ph) * wp + pw)
+                for b in range(_u(wd)):
+                    gx[n, c, a, b] = plane[s0 + b]
+
+
+@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})  # reassoc: vector sums
+def flat_grad_params(gy, x, ph, pw, dh, dw, groups, ranges, gw_parts, gb_parts):
+    """Per-task partial weight and bias gradients, stride 1: task t sums over the images
+    ranges[t, 0]:ranges[t, 1] into gw_parts[t] and gb_parts[t] (summed by the caller)."""
+    n_img, n_in, h, wd = x.shape
+    n_out, cg, kh, kw = gw_parts.shape[1:]
+    og = n_out // groups
+    oh_n, ow_n = gy.shape[2], gy.shape[3]
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    m = (oh_n - 1) * wp + ow_n
+    for t in prange(ranges.shape[0]):
+        xp = np.zeros((n_in, hp * wp), dtype=x.dtype)
+        gyf = np.zeros((n_out, m), dtype=gy.dtype)  # junk columns stay zero
+        gw = gw_parts[t]
+        gb = gb_parts[t]
+        for n in range(ranges[t, 0], ranges[t, 1]):
+            for c in range(n_in):
+                for a in range(h):
+                    dst = _u((a + ph) * wp + pw)
+                    for b in range(_u(wd)):
+                        xp[c, dst + b] = x[n, c, a, b]
+            for o in range(n_out):
+                total = gy.dtype.type(0)
+                for a in range(oh_n):
+                    dst = _u(a * wp)
+                    for b in range(_u(ow_n)):
+                        v = gy[n, o, a, b]
+                        gyf[o, dst + b] = v
+                        total += v
+                gb[o] += total
+            for o in range(n_out):
+                g = o // og
+                src = gyf[o]
+                for ci in range(cg):
+                    row = xp[g * cg + ci]
+                    for i in range(kh):
+                        for j in range(kw):
+                            off = _u(i * dh * wp + j * dw)
+                            acc = gw.dtype.type(0)
+                            for q in range(_u(m)):
+                                acc += src[q] * row[off + q]
+                            gw[o, ci, i, j] += acc
+
+
 # ---------------------------------------------------------------------- orchestration
 def output_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
@@ -348,6 +475,18 @@ def _use_direct(cg, og, kh, kw):
     """Depthwise-like groups (one input channel per group, few outputs): a GEMM would be a
     single row, so direct loops win."""
     return cg == 1 and og <= 2
+
+
+# Measured on the 2-core development machine (benchmarks/ops.py and LeNet-5 steps): the flat
+# direct kernels beat im2col + GEMM for stride 1 when the GEMM would be skinny. Forward and
+# input gradient: a short reduction (first layers: C_g*kH*kW <= 32, e.g. 1x5x5, 3x3x3).
+# Weight gradient: few channel pairs (og*C_g <= 256: LeNet's conv2 2.2x, 16->16 3x3 1.3x).
+def _use_flat(stride, cg, og, kh, kw, n_img, n_threads):
+    return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 32
+
+
+def _use_flat_params(stride, cg, og, n_img, n_threads):
+    return stride == (1, 1) and n_img >= n_threads and og * cg <= 256
 
 
 # Floats of packed columns per GEMM: enough to amortise a BLAS call, few enough that the matrix
@@ -415,10 +554,14 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     y = np.empty((n_img, n_out, oh_n, ow_n), dtype=x.dtype)
     if y.size == 0:
         return y
-    if _use_direct(cg, og, kh, kw):
+    direct = _use_direct(cg, og, kh, kw)
+    if direct or _use_flat(stride, cg, og, kh, kw, n_img, numba.get_num_threads()):
         has_bias = b is not None
         bias = np.ascontiguousarray(b) if has_bias else np.zeros(1, x.dtype)
-        direct_forward(x, w, bias, has_bias, sh, sw, ph, pw, dh, dw, groups, y)
+        if direct:
+            direct_forward(x, w, bias, has_bias, sh, sw, ph, pw, dh, dw, groups, y)
+        else:
+            flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y)
         return y
     plan = _Plan(x.shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
     kk, m = plan.kk, plan.m
@@ -478,6 +621,22 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
             gw = np.empty(w.shape, dtype=dtype)
             direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw)
         return gx, gw, gb
+    n_threads = numba.get_num_threads()
+    if need_weight and _use_flat_params(stride, cg, og, n_img, n_threads):
+        ranges = np.array(split(n_img, n_threads), dtype=np.int64)
+        gw_parts = np.zeros((len(ranges),) + w.shape, dtype=dtype)
+        gb_parts = np.zeros((len(ranges), n_out), dtype=dtype)
+        flat_grad_params(gy, x, ph, pw, dh, dw, groups, ranges, gw_parts, gb_parts)
+        gw = gw_parts.sum(axis=0)
+        gb = gb_parts.sum(axis=0) if need_bias else None
+        if need_input:
+            gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
+                                 False, x_shape)[0]
+        return gx, gw, gb
+    if need_input and _use_flat(stride, cg, og, kh, kw, n_img, n_threads) and not (
+            need_weight or need_bias):
+        flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
+        return gx, None, None
     plan = _Plan(x_shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
     kk, m = plan.kk, plan.m
     w2 = w.reshape(groups, og, kk)
