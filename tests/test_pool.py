@@ -80,6 +80,28 @@ def test_max_pool_gradcheck(cfg):
                  (t64(x),))
 
 
+@pytest.mark.parametrize("ceil", [False, True])
+@pytest.mark.parametrize("kind", ["random", "ties", "nan", "inf"])
+def test_max_pool_2x2_fast_path_matches_reference(kind, ceil):
+    """The 2x2/2 kernel (the commonest pooling) keeps the general kernel's rules."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 9, 12)).astype(np.float32)
+    if kind == "ties":
+        x = np.maximum(np.round(x), 0).astype(np.float32)
+    elif kind == "nan":
+        x[rng.random(x.shape) < 0.15] = np.nan
+    elif kind == "inf":
+        x[rng.random(x.shape) < 0.5] = -np.inf
+    X = nc.tensor(x, requires_grad=True)
+    y, idx = F.max_pool2d(X, 2, ceil_mode=ceil, return_indices=True)
+    ry, ridx = R.max_pool2d(x, (2, 2), (2, 2), (0, 0), (1, 1), ceil)
+    np.testing.assert_array_equal(y.numpy(), ry)
+    np.testing.assert_array_equal(idx.numpy(), ridx)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    y.backward(nc.tensor(gy))
+    np.testing.assert_allclose(X.grad.numpy(), R.max_pool2d_grad(gy, ridx, x.shape), atol=1e-6)
+
+
 def test_max_pool_ties_go_to_first_and_nan_propagates():
     x = nc.tensor(np.zeros((1, 1, 2, 2), np.float32), requires_grad=True)
     F.max_pool2d(x, 2).sum().backward()

@@ -348,6 +348,37 @@ def direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw):
 # and are kept at zero in gradients so that they add nothing).
 
 
+@njit(**_serial)
+def _flat_taps4(rows, w, ci0, cg, kh, kw, dh, dw, wp, o0, m, a0, a1, a2, a3):
+    """a_r[q] += sum over channels and taps of w[o0+r, ci, i, j] * rows[ci0+ci, q + off]:
+    four output channels per pass, so each input value loaded feeds four multiply-adds."""
+    for ci in range(cg):
+        row = rows[ci0 + ci]
+        for i in range(kh):
+            for j in range(kw):
+                w0, w1 = w[o0, ci, i, j], w[o0 + 1, ci, i, j]
+                w2, w3 = w[o0 + 2, ci, i, j], w[o0 + 3, ci, i, j]
+                off = _u(i * dh * wp + j * dw)
+                for q in range(_u(m)):
+                    v = row[off + q]
+                    a0[q] += w0 * v
+                    a1[q] += w1 * v
+                    a2[q] += w2 * v
+                    a3[q] += w3 * v
+
+
+@njit(**_serial)
+def _flat_taps1(rows, w, ci0, cg, kh, kw, dh, dw, wp, o, m, acc):
+    for ci in range(cg):
+        row = rows[ci0 + ci]
+        for i in range(kh):
+            for j in range(kw):
+                wv = w[o, ci, i, j]
+                off = _u(i * dh * wp + j * dw)
+                for q in range(_u(m)):
+                    acc[q] += wv * row[off + q]
+
+
 @njit(**_opts)
 def flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y):
     """y = conv2d(x, w) + b, stride 1; parallel over images."""
@@ -365,24 +396,26 @@ def flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y):
                 dst = _u((a + ph) * wp + pw)
                 for b in range(_u(wd)):
                     xp[c, dst + b] = x[n, c, a, b]
-        acc = np.empty(m, dtype=y.dtype)
-        for o in range(n_out):
-            g = o // og
-            bv = bias[o] if has_bias else zero
-            for q in range(_u(m)):
-                acc[q] = bv
-            for ci in range(cg):
-                row = xp[g * cg + ci]
-                for i in range(kh):
-                    for j in range(kw):
-                        wv = w[o, ci, i, j]
-                        off = _u(i * dh * wp + j * dw)
-                        for q in range(_u(m)):
-                            acc[q] += wv * row[off + q]
-            for a in range(oh_n):
-                src = _u(a * wp)
-                for b in range(_u(ow_n)):
-                    y[n, o, a, b] = acc[src + b]
+        acc = np.empty((4, m), dtype=y.dtype)
+        for g in range(groups):
+            o = g * og
+            while o < (g + 1) * og:
+                nb = 4 if (g + 1) * og - o >= 4 else 1
+                for r in range(nb):
+                    bv = bias[o + r] if has_bias else zero
+                    for q in range(_u(m)):
+                        acc[r, q] = bv
+                if nb == 4:
+                    _flat_taps4(xp, w, g * cg, cg, kh, kw, dh, dw, wp, o, m,
+                                acc[0], acc[1], acc[2], acc[3])
+                else:
+                    _flat_taps1(xp, w, g * cg, cg, kh, kw, dh, dw, wp, o, m, acc[0])
+                for r in range(nb):
+                    for a in range(oh_n):
+                        src = _u(a * wp)
+                        for b in range(_u(ow_n)):
+                            y[n, o + r, a, b] = acc[r, src + b]
+                o += nb
 
 
 @njit(**_opts)
@@ -402,24 +435,40 @@ def flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx):
                 dst = _u(a * wp)
                 for b in range(_u(ow_n)):
                     gyf[o, dst + b] = gy[n, o, a, b]
-        plane = np.empty(hp * wp, dtype=gx.dtype)
-        for c in range(n_in):
-            g = c // cg
-            ci = c - g * cg
-            for q in range(_u(hp * wp)):
-                plane[q] = zero
-            for o in range(g * og, (g + 1) * og):
-                src = gyf[o]
-                for i in range(kh):
-                    for j in range(kw):
-                        wv = w[o, ci, i, j]
-                        off = _u(i * dh * wp + j * dw)
-                        for q in range(_u(m)):
-                            plane[off + q] += wv * src[q]
-            for a in range(h):
-                s0 = _u((a + ph) * wp + pw)
-                for b in range(_u(wd)):
-                    gx[n, c, a, b] = plane[s0 + b]
+        planes = np.empty((4, hp * wp), dtype=gx.dtype)
+        for g in range(groups):
+            ci = 0
+            while ci < cg:
+                nb = 4 if cg - ci >= 4 else 1
+                for r in range(nb):
+                    for q in range(_u(hp * wp)):
+                        planes[r, q] = zero
+                p0, p1, p2, p3 = planes[0], planes[1], planes[2], planes[3]
+                for o in range(g * og, (g + 1) * og):
+                    src = gyf[o]
+                    for i in range(kh):
+                        for j in range(kw):
+                            off = _u(i * dh * wp + j * dw)
+                            if nb == 4:
+                                w0, w1 = w[o, ci, i, j], w[o, ci + 1, i, j]
+                                w2, w3 = w[o, ci + 2, i, j], w[o, ci + 3, i, j]
+                                for q in range(_u(m)):
+                                    v = src[q]
+                                    p0[off + q] += w0 * v
+                                    p1[off + q] += w1 * v
+                                    p2[off + q] += w2 * v
+                                    p3[off + q] += w3 * v
+                            else:
+                                wv = w[o, ci, i, j]
+                                for q in range(_u(m)):
+                                    p0[off + q] += wv * src[q]
+                for r in range(nb):
+                    c = g * cg + ci + r
+                    for a in range(h):
+                        s0 = _u((a + ph) * wp + pw)
+                        for b in range(_u(wd)):
+                            gx[n, c, a, b] = planes[r, s0 + b]
+                ci += nb
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})  # reassoc: vector sums
@@ -477,12 +526,15 @@ def _use_direct(cg, og, kh, kw):
     return cg == 1 and og <= 2
 
 
-# Measured on the 2-core development machine (benchmarks/ops.py and LeNet-5 steps): the flat
-# direct kernels beat im2col + GEMM for stride 1 when the GEMM would be skinny. Forward and
-# input gradient: a short reduction (first layers: C_g*kH*kW <= 32, e.g. 1x5x5, 3x3x3).
-# Weight gradient: few channel pairs (og*C_g <= 256: LeNet's conv2 2.2x, 16->16 3x3 1.3x).
+# Measured on the 2-core development machine (isolated kernels and whole LeNet-5 / ResNet-mini
+# training steps): the flat direct kernels beat im2col + GEMM for stride 1 when the GEMM would be
+# skinny. Forward and input gradient: a short reduction, C_g*kH*kW <= 160 (LeNet's conv1 and
+# conv2, 16-channel 3x3 layers; im2col + GEMM wins from 32 channels on). Inside a training step
+# they also keep the work on Numba's threads: handing the GEMMs to the Python pool made the two
+# thread pools compete for the cores (pooling and ReLU after a GEMM ran 10x slower).
+# Weight gradient: few channel pairs, og*C_g <= 256 (LeNet's conv2 2.2x, 16->16 3x3 1.3x).
 def _use_flat(stride, cg, og, kh, kw, n_img, n_threads):
-    return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 32
+    return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 160
 
 
 def _use_flat_params(stride, cg, og, n_img, n_threads):

@@ -7,6 +7,7 @@ kernel are Numba ``@njit(parallel=True)`` kernels. Matrix products go to NumPy's
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..kernels.cpu import conv as conv_k
@@ -266,7 +267,15 @@ class CPUBackend:
         n, c = x.shape[:2]
         y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
         idx = np.empty((n * c,) + tuple(out_hw), dtype=np.int64)
-        pool_k.max_pool2d(self._planes(x), *kernel, *stride, *padding, *dilation, y, idx)
+        if y.size == 0:
+            return y.reshape(n, c, *out_hw), idx.reshape(n, c, *out_hw)
+        tasks = min(n * c, 4 * numba.get_num_threads())  # scratch allocated once per task
+        if (kernel == stride == (2, 2) and padding == (0, 0) and dilation == (1, 1)
+                and 2 * out_hw[0] <= x.shape[2] and 2 * out_hw[1] <= x.shape[3]):
+            pool_k.max_pool2d_2x2(self._planes(x), y, idx, tasks)  # complete 2x2 windows
+        else:
+            pool_k.max_pool2d(self._planes(x), *kernel, *stride, *padding, *dilation, y, idx,
+                              tasks)
         return y.reshape(n, c, *out_hw), idx.reshape(n, c, *out_hw)
 
     def max_pool2d_backward(self, gy, indices, x_shape, kernel=None, stride=None, padding=None,
