@@ -507,12 +507,29 @@ def flat_grad_params(gy, x, ph, pw, dh, dw, groups, ranges, gw_parts, gb_parts):
                 for ci in range(cg):
                     row = xp[g * cg + ci]
                     for i in range(kh):
-                        for j in range(kw):
+                        j = 0
+                        while j + 4 <= kw:  # four taps per pass: each gradient load used 4x
+                            off = _u(i * dh * wp + j * dw)
+                            d1, d2, d3 = _u(dw), _u(2 * dw), _u(3 * dw)
+                            acc0 = acc1 = acc2 = acc3 = gw.dtype.type(0)
+                            for q in range(_u(m)):
+                                gv = src[q]
+                                acc0 += gv * row[off + q]
+                                acc1 += gv * row[off + d1 + q]
+                                acc2 += gv * row[off + d2 + q]
+                                acc3 += gv * row[off + d3 + q]
+                            gw[o, ci, i, j] += acc0
+                            gw[o, ci, i, j + 1] += acc1
+                            gw[o, ci, i, j + 2] += acc2
+                            gw[o, ci, i, j + 3] += acc3
+                            j += 4
+                        while j < kw:
                             off = _u(i * dh * wp + j * dw)
                             acc = gw.dtype.type(0)
                             for q in range(_u(m)):
                                 acc += src[q] * row[off + q]
                             gw[o, ci, i, j] += acc
+                            j += 1
 
 
 # ---------------------------------------------------------------------- orchestration
@@ -528,13 +545,14 @@ def _use_direct(cg, og, kh, kw):
 
 # Measured on the 2-core development machine (isolated kernels and whole LeNet-5 / ResNet-mini
 # training steps): the flat direct kernels beat im2col + GEMM for stride 1 when the GEMM would be
-# skinny. Forward and input gradient: a short reduction, C_g*kH*kW <= 160 (LeNet's conv1 and
-# conv2, 16-channel 3x3 layers; im2col + GEMM wins from 32 channels on). Inside a training step
-# they also keep the work on Numba's threads: handing the GEMMs to the Python pool made the two
-# thread pools compete for the cores (pooling and ReLU after a GEMM ran 10x slower).
+# skinny. Forward and input gradient: a short reduction (C_g*kH*kW <= 160) between few channels
+# (og*C_g <= 96): LeNet's conv1 and conv2, first layers on RGB; im2col + GEMM wins from 16x16
+# channels on. Inside a training step they also keep the work on Numba's threads: handing the
+# GEMMs to the Python pool made the two thread pools compete for the cores (pooling and ReLU
+# right after a GEMM ran up to 10x slower).
 # Weight gradient: few channel pairs, og*C_g <= 256 (LeNet's conv2 2.2x, 16->16 3x3 1.3x).
 def _use_flat(stride, cg, og, kh, kw, n_img, n_threads):
-    return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 160
+    return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 160 and og * cg <= 256
 
 
 def _use_flat_params(stride, cg, og, n_img, n_threads):
@@ -681,7 +699,9 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         flat_grad_params(gy, x, ph, pw, dh, dw, groups, ranges, gw_parts, gb_parts)
         gw = gw_parts.sum(axis=0)
         gb = gb_parts.sum(axis=0) if need_bias else None
-        if need_input:
+        if need_input and cg * kh * kw <= 160:  # stay on Numba's threads (see _use_flat)
+            flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
+        elif need_input:
             gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
                                  False, x_shape)[0]
         return gx, gw, gb
