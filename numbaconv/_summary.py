@@ -215,7 +215,9 @@ def _pair_or_one(a, b):
 def summary(model: nn.Module, input_shape, *, dtype=None, device=None) -> ModelSummary:
     """Trace one forward pass of ``model`` on a zero batch and tabulate every layer.
 
-    ``input_shape`` is ``(C, H, W)`` (a batch of one is added, so multiply-adds are per image)
+    ``input_shape`` is ``(C, H, W)`` (a batch of one is added, so multiply-adds are per image;
+    ``(H, W, C)`` is recognised when C matches the first convolution's input channels and H
+    does not)
     or ``(N, C, H, W)`` (counts are then for the whole batch); for models on flat inputs,
     ``(F,)`` or ``(N, F)``. The model runs in eval mode (so BatchNorm uses its running
     statistics and GoogLeNet's auxiliary heads are skipped) and is put back in the mode it was
@@ -232,6 +234,10 @@ def summary(model: nn.Module, input_shape, *, dtype=None, device=None) -> ModelS
         raise ValueError(f"summary(): input_shape={input_shape!r} must be a tuple of positive "
                          f"ints, e.g. (3, 224, 224)")
     shape = tuple(input_shape)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if len(shape) == 3 and first_conv is not None and shape[0] != first_conv.in_channels \
+            and shape[2] == first_conv.in_channels:
+        shape = (shape[2], shape[0], shape[1])  # "224x224x3" written height, width, channels
     if len(shape) in (1, 3):
         shape = (1,) + shape
     elif len(shape) not in (2, 4):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numbers
 from fractions import Fraction
-from typing import NamedTuple
 
 from .functional._args import pool_output_size as _pool_size
 
@@ -130,15 +129,40 @@ def conv_transpose_output_size(input_size, kernel_size, stride=1, padding=0, out
     return _answer(out, as_pair)
 
 
-class ReceptiveField(NamedTuple):
+class ReceptiveField:
     """Of one unit after a stack of layers, in input pixels: ``size`` (extent of the input it
-    depends on), ``stride`` (distance between neighbouring units' fields, the product of the
-    strides) and ``start`` (centre of the first unit's field; negative when it lies in the
-    padding). Each is a number, or an ``(h, w)`` pair when the two axes differ."""
+    depends on) and ``stride`` (distance between neighbouring units' fields, the product of the
+    strides); it unpacks as ``size, stride = receptive_field(layers)``. ``start`` is the centre
+    of the first unit's field (negative when it lies in the padding). Each is a number, or an
+    ``(h, w)`` pair when the two axes differ."""
 
-    size: object
-    stride: object
-    start: object
+    __slots__ = ("size", "stride", "start")
+
+    def __init__(self, size, stride, start=0):
+        self.size, self.stride, self.start = size, stride, start
+
+    def __iter__(self):
+        return iter((self.size, self.stride))
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return (self.size, self.stride)[i]
+
+    def __eq__(self, other):
+        if isinstance(other, ReceptiveField):
+            return (self.size, self.stride, self.start) == (other.size, other.stride,
+                                                            other.start)
+        if isinstance(other, tuple):
+            return (self.size, self.stride) == other
+        return NotImplemented
+
+    def __hash__(self):
+        return hash((self.size, self.stride, self.start))
+
+    def __repr__(self):
+        return f"ReceptiveField(size={self.size!r}, stride={self.stride!r}, start={self.start!r})"
 
 
 def _layer_geometry(layer, fn):

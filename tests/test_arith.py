@@ -96,6 +96,8 @@ def test_size_arguments_are_checked():
 def test_receptive_field_of_stacks():
     rf = arith.receptive_field([(3, 1), (3, 1)])
     assert (rf.size, rf.stride) == (5, 1)
+    size, stride = rf  # unpacks like a pair
+    assert (size, stride) == rf == (5, 1) and rf.start == 2
     rf = arith.receptive_field([(3, 1, 1), (2, 2), (3, 1, 1), (2, 2)])
     assert (rf.size, rf.stride, rf.start) == (10, 4, 1.5)
     assert arith.receptive_field([(3, 1, 0, 2)]).size == 5  # dilation 2
@@ -155,6 +157,8 @@ def test_summary_rows_and_table():
     assert "Total params: 61,706" in text and "features.3 (Conv2d)" in text
     batched = nc.summary(nc.models.lenet5(), (4, 1, 28, 28))
     assert batched.mult_adds == 4 * s.mult_adds
+    hwc = nc.summary(nc.models.alexnet(num_classes=10), (99, 99, 3))  # "99x99x3"
+    assert hwc.input_shape == (1, 3, 99, 99)
 
 
 def test_summary_traces_branches_and_restores_the_mode():
