@@ -439,7 +439,7 @@ def flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx):
         for g in range(groups):
             ci = 0
             while ci < cg:
-                nb = 4 if cg - ci >= 4 else 1
+                nb = 4 if cg - ci >= 4 else (2 if cg - ci >= 2 else 1)
                 for r in range(nb):
                     for q in range(_u(hp * wp)):
                         planes[r, q] = zero
@@ -458,6 +458,12 @@ def flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx):
                                     p1[off + q] += w1 * v
                                     p2[off + q] += w2 * v
                                     p3[off + q] += w3 * v
+                            elif nb == 2:
+                                w0, w1 = w[o, ci, i, j], w[o, ci + 1, i, j]
+                                for q in range(_u(m)):
+                                    v = src[q]
+                                    p0[off + q] += w0 * v
+                                    p1[off + q] += w1 * v
                             else:
                                 wv = w[o, ci, i, j]
                                 for q in range(_u(m)):
