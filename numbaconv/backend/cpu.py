@@ -35,6 +35,35 @@ def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
 
+def _keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks for reuse instead of returning them to the OS.
+
+    Every op returns a fresh array; by default glibc serves large ones with ``mmap`` and unmaps
+    them on free, and trims the heap top, so the next step's arrays fault their pages in again
+    (~2 us per 4 KiB page here: a 6 MB activation costs ~3 ms before any arithmetic). With
+    blocks up to 32 MiB (glibc's maximum) from the heap and no trimming below 256 MiB, a
+    training step reuses the memory of the previous one (ResNet-mini steps 1.2x faster; peak
+    memory unchanged). Process-wide and glibc-only; ``NUMBACONV_KEEP_FREED_MEMORY=0`` opts out.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("NUMBACONV_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to tune
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = mallopt(m_mmap_threshold, 32 << 20) == 1
+    return mallopt(m_trim_threshold, 256 << 20) == 1 and ok
+
+
+MALLOC_TUNED = _keep_freed_memory()
+
+
 class CPUBackend:
     name = "cpu"
 
