@@ -5,7 +5,11 @@ libraries train the same architecture from the same initial weights with SGD (mo
 alternating blocks of steps in one process, at 2 threads and at 1. Prints the median images/s
 of each and the ratio (above 1.0: numbaconv is faster). With ``--rss`` it also runs each library
 alone in a subprocess and reports its peak resident memory and the time from process start to
-the end of the first training step (numbaconv with an empty and with a warm Numba cache).
+the end of the first training step (numbaconv with an empty and with a warm Numba cache), and
+the images/s of each library alone in its own process (200 steps after a warm-up). The alone
+figures matter because importing numbaconv changes two process-wide settings that speed up
+PyTorch too when both share a process: glibc keeps freed memory for reuse (see
+numbaconv/backend/cpu.py) and OpenMP spins for less time (numbaconv/__init__.py).
 
     python benchmarks/train.py
     python benchmarks/train.py --models lenet --threads 2 --rss
@@ -201,13 +205,17 @@ else:
         opt.zero_grad(); loss.backward(); opt.step()
 step(*data[0])
 first = time.time() - t_start
+for i in range(20):
+    step(*data[i % len(data)])
+t0 = time.perf_counter()
 for i in range(200):
     step(*data[i % len(data)])
+rate = 200 * bs / (time.perf_counter() - t0)
 # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the (large) parent's pages
 # that this child shared between fork and exec
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
 print(first, int(hwm[0].split()[1]) / 1024 if hwm else
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rate)
 """
 
 
@@ -218,20 +226,22 @@ def child(lib, name, threads, cache_dir=None):
     code = _CHILD.replace("{bench!r}", repr(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code, lib, name, repr(time.time()),
                           str(threads)], capture_output=True, text=True, env=env, check=True)
-    first, rss = out.stdout.split()
-    return float(first), float(rss)
+    first, rss, rate = out.stdout.split()
+    return float(first), float(rss), float(rate)
 
 
 def memory_and_startup(names, threads):
     for key in names:
         name = CONFIGS[key][0][0]
         with tempfile.TemporaryDirectory() as cache:
-            cold, rss = child("numbaconv", name, threads, cache)
-            warm, _ = child("numbaconv", name, threads, cache)
-        t_first, t_rss = child("torch", name, threads)
+            cold, rss, _ = child("numbaconv", name, threads, cache)
+            warm, _, rate = child("numbaconv", name, threads, cache)
+        t_first, t_rss, t_rate = child("torch", name, threads)
         print(f"{name:14s} peak RSS numbaconv {rss:6.0f} MiB  PyTorch {t_rss:6.0f} MiB  "
               f"(ratio {rss / t_rss:.2f});  start to first step: numbaconv cold {cold:5.1f} s, "
               f"warm {warm:4.1f} s, PyTorch {t_first:4.1f} s")
+        print(f"{'':14s} each library alone in its own process: numbaconv {rate:6.0f} img/s  "
+              f"PyTorch {t_rate:6.0f} img/s  ratio {rate / t_rate:5.2f}")
 
 
 def main(argv=None):
