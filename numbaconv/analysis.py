@@ -63,6 +63,12 @@ def _norm(t: Tensor) -> float:
 
 
 def _as_input(x, fn):
+    import numpy as np
+
+    if isinstance(x, np.ndarray):  # a host array: the CPU backend, as nc.tensor() would
+        from .tensor import tensor
+
+        x = tensor(x)
     if not isinstance(x, Tensor):
         raise TypeError(f"{fn}(): x must be a Tensor (N, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:

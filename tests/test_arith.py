@@ -192,6 +192,7 @@ def test_circular_convolution_is_exactly_equivariant():
     conv = nn.Conv2d(3, 5, 3, padding=1, padding_mode="circular")
     x = nc.randn(2, 3, 12, 12)
     assert analysis.equivariance_error(conv, x, (2, 3)) < 1e-6
+    assert analysis.equivariance_error(conv, x.numpy(), (2, 3)) < 1e-6  # a host array too
     zero_pad = nn.Conv2d(3, 5, 3, padding=1)
     err = analysis.equivariance_error(zero_pad, x, (2, 3))
     assert 1e-3 < err < 0.6  # only the border rows and columns differ

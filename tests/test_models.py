@@ -132,6 +132,12 @@ def test_inception_concatenates_the_four_branches():
     assert_close(out[:, 224:], block.branch4(x), what="pool branch")
 
 
+def test_vgg_batchnorm_aliases():
+    bn = models.vgg16_bn(num_classes=10)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 13
+    assert bn.num_parameters() == models.vgg("D", 10, batch_norm=True).num_parameters()
+
+
 def test_model_arguments_are_checked():
     with pytest.raises(ValueError, match="groups=3"):
         models.alexnet(groups=3)

@@ -15,10 +15,11 @@ from .googlenet import (
 )
 from .lenet import LeNet5, lenet5
 from .resnet import BasicBlock, ResNet, ResNetMini, resnet18, resnet34, resnet_mini
-from .vgg import VGG, vgg, vgg11, vgg13, vgg16, vgg19
+from .vgg import VGG, vgg, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 
 __all__ = [
     "LeNet5", "lenet5", "AlexNet", "alexnet", "VGG", "vgg", "vgg11", "vgg13", "vgg16", "vgg19",
+    "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "googlenet", "googlenet_loss",
     "BasicBlock", "ResNet", "ResNetMini", "resnet18", "resnet34", "resnet_mini",
 ]

@@ -78,3 +78,19 @@ def vgg16(num_classes=1000, in_channels=3, batch_norm=False, **kwargs) -> VGG:
 
 def vgg19(num_classes=1000, in_channels=3, batch_norm=False, **kwargs) -> VGG:
     return VGG("E", num_classes, in_channels, batch_norm, **kwargs)
+
+
+def vgg11_bn(num_classes=1000, in_channels=3, **kwargs) -> VGG:
+    return VGG("A", num_classes, in_channels, True, **kwargs)
+
+
+def vgg13_bn(num_classes=1000, in_channels=3, **kwargs) -> VGG:
+    return VGG("B", num_classes, in_channels, True, **kwargs)
+
+
+def vgg16_bn(num_classes=1000, in_channels=3, **kwargs) -> VGG:
+    return VGG("D", num_classes, in_channels, True, **kwargs)
+
+
+def vgg19_bn(num_classes=1000, in_channels=3, **kwargs) -> VGG:
+    return VGG("E", num_classes, in_channels, True, **kwargs)
