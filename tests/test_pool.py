@@ -80,10 +80,12 @@ def test_max_pool_gradcheck(cfg):
                  (t64(x),))
 
 
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (3, 3)])
 @pytest.mark.parametrize("ceil", [False, True])
 @pytest.mark.parametrize("kind", ["random", "ties", "nan", "inf"])
-def test_max_pool_2x2_fast_path_matches_reference(kind, ceil):
-    """The 2x2/2 kernel (the commonest pooling) keeps the general kernel's rules."""
+def test_max_pool_unrolled_fast_paths_match_reference(kind, ceil, k, s):
+    """The unrolled 2x2/2 kernel (complete windows) keeps the general kernel's rules; the
+    general kernel gives the same answers for the neighbouring 3x3 cases."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 4, 9, 12)).astype(np.float32)
     if kind == "ties":
@@ -93,8 +95,8 @@ def test_max_pool_2x2_fast_path_matches_reference(kind, ceil):
     elif kind == "inf":
         x[rng.random(x.shape) < 0.5] = -np.inf
     X = nc.tensor(x, requires_grad=True)
-    y, idx = F.max_pool2d(X, 2, ceil_mode=ceil, return_indices=True)
-    ry, ridx = R.max_pool2d(x, (2, 2), (2, 2), (0, 0), (1, 1), ceil)
+    y, idx = F.max_pool2d(X, k, s, ceil_mode=ceil, return_indices=True)
+    ry, ridx = R.max_pool2d(x, (k, k), (s, s), (0, 0), (1, 1), ceil)
     np.testing.assert_array_equal(y.numpy(), ry)
     np.testing.assert_array_equal(idx.numpy(), ridx)
     gy = rng.standard_normal(y.shape).astype(np.float32)
