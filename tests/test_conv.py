@@ -134,7 +134,9 @@ def test_padding_same_and_valid(k, d):
     ((3, 3, 9, 10), (5, 3, 3, 3), (1, 0), (1, 2), 1, True),     # RGB 3x3: flat input gradient
     ((5, 6, 14, 14), (16, 6, 5, 5), (0, 0), (1, 1), 1, True),   # LeNet conv2: flat dW
     ((2, 4, 7, 9), (6, 2, 3, 2), (1, 2), (2, 1), 2, True),      # groups, dilation, asym pad
-    ((2, 16, 6, 6), (16, 16, 3, 3), (1, 1), (1, 1), 1, True),   # the largest flat dW
+    ((2, 16, 6, 6), (16, 16, 3, 3), (1, 1), (1, 1), 1, True),   # 3-tap blocks everywhere
+    ((3, 32, 5, 7), (32, 32, 3, 3), (1, 1), (1, 1), 1, True),   # flat forward and dW, GEMM dX
+    ((2, 8, 6, 9), (12, 4, 3, 3), (2, 1), (2, 2), 2, True),     # 3-tap blocks with groups
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_flat_direct_kernels_match_reference(xs, ws, p, d, g, x_grad, dtype):
@@ -172,6 +174,7 @@ def test_backward_kernels_are_deterministic_on_two_threads():
     rng = np.random.default_rng(0)
     cases = [((8, 6, 12, 12), (8, 6, 3, 3), 1, 1), ((8, 6, 12, 12), (6, 1, 3, 3), 1, 6),
              ((4, 4, 9, 9), (6, 2, 3, 3), 2, 2), ((9, 1, 12, 12), (6, 1, 5, 5), 1, 1),
+             ((6, 32, 7, 7), (32, 32, 3, 3), 1, 1), ((6, 16, 9, 9), (16, 16, 3, 3), 1, 1),
              ((8, 40, 6, 6), (40, 40, 3, 3), 1, 1)]
     for xs, ws, s, g in cases:
         x = nc.tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=True)

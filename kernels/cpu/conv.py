@@ -351,20 +351,41 @@ def direct_grad_weight(gy, x, sh, sw, ph, pw, dh, dw, groups, gw):
 @njit(**_serial)
 def _flat_taps4(rows, w, ci0, cg, kh, kw, dh, dw, wp, o0, m, a0, a1, a2, a3):
     """a_r[q] += sum over channels and taps of w[o0+r, ci, i, j] * rows[ci0+ci, q + off]:
-    four output channels per pass, so each input value loaded feeds four multiply-adds."""
+    four output channels and up to three taps of a kernel row per pass, so each accumulator
+    load/store carries up to twelve multiply-adds (the passes are store-bound otherwise)."""
     for ci in range(cg):
         row = rows[ci0 + ci]
         for i in range(kh):
-            for j in range(kw):
-                w0, w1 = w[o0, ci, i, j], w[o0 + 1, ci, i, j]
-                w2, w3 = w[o0 + 2, ci, i, j], w[o0 + 3, ci, i, j]
+            j = 0
+            while j < kw:
                 off = _u(i * dh * wp + j * dw)
-                for q in range(_u(m)):
-                    v = row[off + q]
-                    a0[q] += w0 * v
-                    a1[q] += w1 * v
-                    a2[q] += w2 * v
-                    a3[q] += w3 * v
+                if j + 3 <= kw:
+                    d1, d2 = _u(dw), _u(2 * dw)
+                    w00, w10 = w[o0, ci, i, j], w[o0 + 1, ci, i, j]
+                    w20, w30 = w[o0 + 2, ci, i, j], w[o0 + 3, ci, i, j]
+                    w01, w11 = w[o0, ci, i, j + 1], w[o0 + 1, ci, i, j + 1]
+                    w21, w31 = w[o0 + 2, ci, i, j + 1], w[o0 + 3, ci, i, j + 1]
+                    w02, w12 = w[o0, ci, i, j + 2], w[o0 + 1, ci, i, j + 2]
+                    w22, w32 = w[o0 + 2, ci, i, j + 2], w[o0 + 3, ci, i, j + 2]
+                    for q in range(_u(m)):
+                        u = row[off + q]
+                        v = row[off + d1 + q]
+                        t = row[off + d2 + q]
+                        a0[q] += w00 * u + w01 * v + w02 * t
+                        a1[q] += w10 * u + w11 * v + w12 * t
+                        a2[q] += w20 * u + w21 * v + w22 * t
+                        a3[q] += w30 * u + w31 * v + w32 * t
+                    j += 3
+                else:
+                    w0, w1 = w[o0, ci, i, j], w[o0 + 1, ci, i, j]
+                    w2, w3 = w[o0 + 2, ci, i, j], w[o0 + 3, ci, i, j]
+                    for q in range(_u(m)):
+                        v = row[off + q]
+                        a0[q] += w0 * v
+                        a1[q] += w1 * v
+                        a2[q] += w2 * v
+                        a3[q] += w3 * v
+                    j += 1
 
 
 @njit(**_serial)
@@ -418,9 +439,94 @@ def flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y):
                 o += nb
 
 
+@njit(**_serial)
+def _flat_scatter(src, w, o, ci, nb, i, kw, dh, dw, wp, lead, n_u, p0, p1, p2, p3):
+    """p_r[i*dh*Wp + u] += sum_j w[o, ci+r, i, j] * src[lead + u - j*dw] for one kernel row i
+    and nb (1 or 4) input channels: the input gradient in gather form, so that up to three
+    taps share one load and store of the plane (``src`` is zero outside its gradient)."""
+    base = _u(i * dh * wp)
+    j = 0
+    while j < kw:
+        s0 = _u(lead - j * dw)
+        if j + 3 <= kw:
+            s1, s2 = _u(lead - (j + 1) * dw), _u(lead - (j + 2) * dw)
+            if nb == 4:
+                w00, w01, w02 = w[o, ci, i, j], w[o, ci, i, j + 1], w[o, ci, i, j + 2]
+                w10, w11, w12 = w[o, ci + 1, i, j], w[o, ci + 1, i, j + 1], w[o, ci + 1, i, j + 2]
+                w20, w21, w22 = w[o, ci + 2, i, j], w[o, ci + 2, i, j + 1], w[o, ci + 2, i, j + 2]
+                w30, w31, w32 = w[o, ci + 3, i, j], w[o, ci + 3, i, j + 1], w[o, ci + 3, i, j + 2]
+                for u in range(_u(n_u)):
+                    a, b, c = src[s0 + u], src[s1 + u], src[s2 + u]
+                    p0[base + u] += w00 * a + w01 * b + w02 * c
+                    p1[base + u] += w10 * a + w11 * b + w12 * c
+                    p2[base + u] += w20 * a + w21 * b + w22 * c
+                    p3[base + u] += w30 * a + w31 * b + w32 * c
+            else:
+                w00, w01, w02 = w[o, ci, i, j], w[o, ci, i, j + 1], w[o, ci, i, j + 2]
+                for u in range(_u(n_u)):
+                    p0[base + u] += w00 * src[s0 + u] + w01 * src[s1 + u] + w02 * src[s2 + u]
+            j += 3
+        else:
+            if nb == 4:
+                w0, w1, w2, w3 = w[o, ci, i, j], w[o, ci + 1, i, j], w[o, ci + 2, i, j], \
+                    w[o, ci + 3, i, j]
+                for u in range(_u(n_u)):
+                    a = src[s0 + u]
+                    p0[base + u] += w0 * a
+                    p1[base + u] += w1 * a
+                    p2[base + u] += w2 * a
+                    p3[base + u] += w3 * a
+            else:
+                w0 = w[o, ci, i, j]
+                for u in range(_u(n_u)):
+                    p0[base + u] += w0 * src[s0 + u]
+            j += 1
+
+
 @njit(**_opts)
 def flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx):
     """gx = conv2d's input gradient, stride 1; parallel over images, each writing its own."""
+    n_img, n_in, h, wd = gx.shape
+    n_out, cg, kh, kw = w.shape
+    og = n_out // groups
+    oh_n, ow_n = gy.shape[2], gy.shape[3]
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    m = (oh_n - 1) * wp + ow_n
+    lead = (kw - 1) * dw  # zeros before (and after) each gradient plane for the gather form
+    n_u = m + lead
+    zero = gx.dtype.type(0)
+    for n in prange(n_img):
+        gyf = np.zeros((n_out, lead + m + lead), dtype=gy.dtype)
+        for o in range(n_out):
+            for a in range(oh_n):
+                dst = _u(lead + a * wp)
+                for b in range(_u(ow_n)):
+                    gyf[o, dst + b] = gy[n, o, a, b]
+        planes = np.empty((4, hp * wp), dtype=gx.dtype)
+        for g in range(groups):
+            ci = 0
+            while ci < cg:
+                nb = 4 if cg - ci >= 4 else 1
+                for r in range(nb):
+                    for q in range(_u(hp * wp)):
+                        planes[r, q] = zero
+                for o in range(g * og, (g + 1) * og):
+                    for i in range(kh):
+                        _flat_scatter(gyf[o], w, o, ci, nb, i, kw, dh, dw, wp, lead, n_u,
+                                      planes[0], planes[1], planes[2], planes[3])
+                for r in range(nb):
+                    c = g * cg + ci + r
+                    for a in range(h):
+                        s0 = _u((a + ph) * wp + pw)
+                        for b in range(_u(wd)):
+                            gx[n, c, a, b] = planes[r, s0 + b]
+                ci += nb
+
+
+@njit(**_opts)
+def flat_grad_input_taps(gy, w, ph, pw, dh, dw, groups, gx):
+    """As :func:`flat_grad_input`, scattering one tap at a time (4, 2 or 1 input channels per
+    pass): faster when the kernel width is not a multiple of three (LeNet's 5x5)."""
     n_img, n_in, h, wd = gx.shape
     n_out, cg, kh, kw = w.shape
     og = n_out // groups
@@ -507,35 +613,66 @@ def flat_grad_params(gy, x, ph, pw, dh, dw, groups, ranges, gw_parts, gb_parts):
                         gyf[o, dst + b] = v
                         total += v
                 gb[o] += total
-            for o in range(n_out):
+            o = 0
+            while o < n_out:
                 g = o // og
-                src = gyf[o]
+                four = o + 4 <= (g + 1) * og  # four outputs of one group share the input loads
                 for ci in range(cg):
                     row = xp[g * cg + ci]
                     for i in range(kh):
                         j = 0
-                        while j + 4 <= kw:  # four taps per pass: each gradient load used 4x
-                            off = _u(i * dh * wp + j * dw)
-                            d1, d2, d3 = _u(dw), _u(2 * dw), _u(3 * dw)
-                            acc0 = acc1 = acc2 = acc3 = gw.dtype.type(0)
-                            for q in range(_u(m)):
-                                gv = src[q]
-                                acc0 += gv * row[off + q]
-                                acc1 += gv * row[off + d1 + q]
-                                acc2 += gv * row[off + d2 + q]
-                                acc3 += gv * row[off + d3 + q]
-                            gw[o, ci, i, j] += acc0
-                            gw[o, ci, i, j + 1] += acc1
-                            gw[o, ci, i, j + 2] += acc2
-                            gw[o, ci, i, j + 3] += acc3
-                            j += 4
                         while j < kw:
-                            off = _u(i * dh * wp + j * dw)
-                            acc = gw.dtype.type(0)
-                            for q in range(_u(m)):
-                                acc += src[q] * row[off + q]
-                            gw[o, ci, i, j] += acc
-                            j += 1
+                            if four and j + 3 <= kw:
+                                _grad_w_block(gyf, row, o, ci, i, j, dh, dw, wp, m, gw)
+                                j += 3
+                            else:
+                                off = _u(i * dh * wp + j * dw)
+                                for r in range(4 if four else 1):
+                                    src = gyf[o + r]
+                                    acc = gw.dtype.type(0)
+                                    for q in range(_u(m)):
+                                        acc += src[q] * row[off + q]
+                                    gw[o + r, ci, i, j] += acc
+                                j += 1
+                o += 4 if four else 1
+
+
+@njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _grad_w_block(gyf, row, o, ci, i, j, dh, dw, wp, m, gw):
+    """gw[o+r, ci, i, j+t] += sum_q gyf[o+r, q] * row[off_t + q] for r < 4, t < 3: twelve sums
+    in one pass (7 loads per 12 multiply-adds instead of 2 per 1)."""
+    off = _u(i * dh * wp + j * dw)
+    d1, d2 = _u(dw), _u(2 * dw)
+    g0, g1, g2, g3 = gyf[o], gyf[o + 1], gyf[o + 2], gyf[o + 3]
+    z = gw.dtype.type(0)
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = z
+    for q in range(_u(m)):
+        a, b, c = row[off + q], row[off + d1 + q], row[off + d2 + q]
+        e0, e1, e2, e3 = g0[q], g1[q], g2[q], g3[q]
+        s00 += e0 * a
+        s01 += e0 * b
+        s02 += e0 * c
+        s10 += e1 * a
+        s11 += e1 * b
+        s12 += e1 * c
+        s20 += e2 * a
+        s21 += e2 * b
+        s22 += e2 * c
+        s30 += e3 * a
+        s31 += e3 * b
+        s32 += e3 * c
+    gw[o, ci, i, j] += s00
+    gw[o, ci, i, j + 1] += s01
+    gw[o, ci, i, j + 2] += s02
+    gw[o + 1, ci, i, j] += s10
+    gw[o + 1, ci, i, j + 1] += s11
+    gw[o + 1, ci, i, j + 2] += s12
+    gw[o + 2, ci, i, j] += s20
+    gw[o + 2, ci, i, j + 1] += s21
+    gw[o + 2, ci, i, j + 2] += s22
+    gw[o + 3, ci, i, j] += s30
+    gw[o + 3, ci, i, j + 1] += s31
+    gw[o + 3, ci, i, j + 2] += s32
 
 
 # ---------------------------------------------------------------------- orchestration
@@ -549,20 +686,31 @@ def _use_direct(cg, og, kh, kw):
     return cg == 1 and og <= 2
 
 
-# Measured on the 2-core development machine (isolated kernels and whole LeNet-5 / ResNet-mini
-# training steps): the flat direct kernels beat im2col + GEMM for stride 1 when the GEMM would be
-# skinny. Forward and input gradient: a short reduction (C_g*kH*kW <= 160) between few channels
-# (og*C_g <= 96): LeNet's conv1 and conv2, first layers on RGB; im2col + GEMM wins from 16x16
-# channels on. Inside a training step they also keep the work on Numba's threads: handing the
-# GEMMs to the Python pool made the two thread pools compete for the cores (pooling and ReLU
-# right after a GEMM ran up to 10x slower).
-# Weight gradient: few channel pairs, og*C_g <= 256 (LeNet's conv2 2.2x, 16->16 3x3 1.3x).
+# When the flat direct kernels beat im2col + GEMM (stride 1), measured on the 2-core development
+# machine with isolated kernels and whole LeNet-5 / ResNet-mini training steps. Their inner loops
+# carry four channels and three taps per pass, so the GEMM only wins for wide layers:
+# forward up to 32x32 channel pairs and C_g*kH*kW <= 288 (16->16 3x3: 2.5x faster than the GEMM
+# path, 32->32 1.1x; 64->64 is 1.5-1.9x slower); weight gradient up to 32x32 pairs (16->16
+# 2.5x, 32->32 1.4-1.6x); input gradient up to 16x16 pairs (16->16 1.9x; 32->32 is 2x slower).
+# Inside a training step they also keep the work on Numba's threads, where the GEMM path hands
+# it to the Python pool and the two pools compete for the cores.
 def _use_flat(stride, cg, og, kh, kw, n_img, n_threads):
+    return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 288 and og * cg <= 1024
+
+
+def _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads):
     return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 160 and og * cg <= 256
 
 
+def _flat_input(gy, w, ph, pw, dh, dw, groups, gx):
+    if w.shape[3] % 3 == 0:
+        flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
+    else:
+        flat_grad_input_taps(gy, w, ph, pw, dh, dw, groups, gx)
+
+
 def _use_flat_params(stride, cg, og, n_img, n_threads):
-    return stride == (1, 1) and n_img >= n_threads and og * cg <= 256
+    return stride == (1, 1) and n_img >= n_threads and og * cg <= 1024
 
 
 # Floats of packed columns per GEMM: enough to amortise a BLAS call, few enough that the matrix
@@ -705,15 +853,15 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         flat_grad_params(gy, x, ph, pw, dh, dw, groups, ranges, gw_parts, gb_parts)
         gw = gw_parts.sum(axis=0)
         gb = gb_parts.sum(axis=0) if need_bias else None
-        if need_input and cg * kh * kw <= 160:  # stay on Numba's threads (see _use_flat)
-            flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
+        if need_input and _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads):
+            _flat_input(gy, w, ph, pw, dh, dw, groups, gx)
         elif need_input:
             gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
                                  False, x_shape)[0]
         return gx, gw, gb
-    if need_input and _use_flat(stride, cg, og, kh, kw, n_img, n_threads) and not (
+    if need_input and _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads) and not (
             need_weight or need_bias):
-        flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
+        _flat_input(gy, w, ph, pw, dh, dw, groups, gx)
         return gx, None, None
     plan = _Plan(x_shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
     kk, m = plan.kk, plan.m
