@@ -847,17 +847,19 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         return gx, gw, gb
     n_threads = numba.get_num_threads()
     if need_weight and _use_flat_params(stride, cg, og, n_img, n_threads):
+        if need_input and not _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads):
+            # the GEMM path first: its Python threads then never meet OpenMP threads still
+            # spinning after the flat kernel
+            gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
+                                 False, x_shape)[0]
+        elif need_input:
+            _flat_input(gy, w, ph, pw, dh, dw, groups, gx)
         ranges = np.array(split(n_img, n_threads), dtype=np.int64)
         gw_parts = np.zeros((len(ranges),) + w.shape, dtype=dtype)
         gb_parts = np.zeros((len(ranges), n_out), dtype=dtype)
         flat_grad_params(gy, x, ph, pw, dh, dw, groups, ranges, gw_parts, gb_parts)
         gw = gw_parts.sum(axis=0)
         gb = gb_parts.sum(axis=0) if need_bias else None
-        if need_input and _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads):
-            _flat_input(gy, w, ph, pw, dh, dw, groups, gx)
-        elif need_input:
-            gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
-                                 False, x_shape)[0]
         return gx, gw, gb
     if need_input and _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads) and not (
             need_weight or need_bias):
