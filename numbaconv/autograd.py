@@ -9,6 +9,7 @@ graph holds no reference cycles and is freed as soon as the last tensor that use
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -187,10 +188,18 @@ def _accumulate_leaf(t: Tensor, g) -> None:
         raise RuntimeError(f"internal error: gradient shape {g.shape} for a tensor of {t.shape}")
     if g.dtype != t.dtype:
         g = backend.astype(g, t.dtype)
-    if t.grad is None:
+    grad = t.grad
+    if grad is None:
         t.grad = Tensor._make(g, t.device)
-    else:
-        t.grad = Tensor._make(backend.binary("add", t.grad.data, g), t.device)
+        return
+    # PyTorch's rule: accumulate in place when nothing but ``t.grad`` holds the gradient (the
+    # slot, this local and getrefcount's argument make 3 for the tensor; the tensor's slot and
+    # the argument make 2 for its array); otherwise make a new one, so that a gradient the
+    # user kept, or one array shared by two leaves, is never changed behind their back
+    exclusive = sys.getrefcount(grad) <= 3 and sys.getrefcount(grad.data) <= 2
+    data = backend.accumulate(grad.data, g, exclusive)
+    if data is not grad.data:
+        t.grad = Tensor._make(data, t.device)
 
 
 def _topological_order(root_fn: Function) -> list[Function]:

@@ -1,5 +1,6 @@
 import gc
 import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
@@ -119,3 +120,28 @@ def test_graph_is_freed_when_output_dies():
     del y
     gc.collect()
     assert ref() is None
+
+
+def test_gradients_accumulate_in_place_only_when_nothing_else_holds_them():
+    """PyTorch's rule: a second backward adds into .grad in place unless the old gradient is
+    held elsewhere (a kept reference, or one array shared by two leaves)."""
+    x = nc.tensor(np.arange(300_000, dtype=np.float32) / 1000, requires_grad=True)  # big: kernel
+    (x * 2).sum().backward()
+    first = weakref.ref(x.grad.data)  # a weak reference does not hold the gradient
+    (x * 3).sum().backward()
+    assert first() is x.grad.data  # in place
+    np.testing.assert_allclose(x.grad.numpy(), 5)
+    kept = x.grad
+    (x * 1).sum().backward()
+    np.testing.assert_allclose(kept.numpy(), 5)  # the kept gradient did not change
+    np.testing.assert_allclose(x.grad.numpy(), 6)
+    a = nc.ones(4, requires_grad=True)
+    b = nc.ones(4, requires_grad=True)
+    for _ in range(2):
+        (a + b).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), 2)
+    np.testing.assert_array_equal(b.grad.numpy(), 2)
+    small = nc.ones(3, requires_grad=True)
+    for _ in range(3):
+        (small * small).sum().backward()
+    np.testing.assert_array_equal(small.grad.numpy(), 6)

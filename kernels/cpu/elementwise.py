@@ -21,6 +21,13 @@ def relu(x, out):
 
 
 @njit(**_opts)
+def add_into(dst, src):
+    """dst[i] += src[i] on flat views (gradient accumulation into an existing .grad)."""
+    for i in prange(dst.size):
+        dst[i] += src[i]
+
+
+@njit(**_opts)
 def relu_backward(gy, y, out):
     """out[i] = gy[i] where y[i] > 0, else 0."""
     zero = out.dtype.type(0)

@@ -30,6 +30,8 @@ class Backend(Protocol):
     def astype(self, a: Array, dtype) -> Array: ...          # always a new, C-ordered array
     def ascontiguous(self, a: Array) -> Array: ...
     def copy_(self, dst: Array, src: Array) -> None: ...      # in place, same shape and dtype
+    def accumulate(self, dst: Array, src: Array, exclusive: bool) -> Array: ...  # dst + src,
+    # in place into dst when ``exclusive`` (nothing else holds dst) and the backend can
     def randint(self, low, high, shape, dtype) -> Array: ...
 
     # elementwise algebra, NumPy broadcasting

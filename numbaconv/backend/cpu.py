@@ -113,6 +113,19 @@ class CPUBackend:
     def copy_(self, dst, src):
         np.copyto(dst, src)
 
+    def accumulate(self, dst, src, exclusive):
+        """dst + src; in place when nothing else holds ``dst`` (PyTorch's rule for .grad),
+        which spares a large gradient a fresh allocation and its page faults."""
+        if not (exclusive and dst.base is None and dst.flags.writeable
+                and dst.flags.c_contiguous and dst.dtype == src.dtype and dst.shape == src.shape):
+            return np.add(dst, src)
+        src = np.ascontiguousarray(src)
+        if dst.size >= (1 << 16):
+            ew.add_into(dst.reshape(-1), src.reshape(-1))
+        else:
+            np.add(dst, src, out=dst)
+        return dst
+
     def ascontiguous(self, a):
         return np.asarray(a, order="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
 

@@ -231,6 +231,10 @@ class CUDABackend:
         if dst.size:
             dst.copy_to_device(src)
 
+    def accumulate(self, dst, src, exclusive):
+        """dst + src as a new array (device arrays may be views of each other)."""
+        return self.binary("add", dst, src)
+
     # ------------------------------------------------------------ layout
     def _gather(self, a, offset, shape, strides):
         out = self._empty(shape, a.dtype)
