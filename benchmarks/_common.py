@@ -25,10 +25,17 @@ def set_threads(n: int) -> None:
         pass
 
 
-def median_time(fn, warmup: int = 2, repeats: int = 7, min_time: float = 0.3) -> float:
-    """Median seconds per call after ``warmup`` calls; repeats until ``min_time`` has passed."""
-    for _ in range(warmup):
+def median_time(fn, warmup: int = 2, repeats: int = 7, min_time: float = 0.3,
+                warmup_time: float = 0.3) -> float:
+    """Median seconds per call after a warm-up of at least ``warmup`` calls and
+    ``warmup_time`` seconds (the first calls that fault in fresh memory can be 4x slower
+    while the kernel assembles transparent huge pages); repeats until ``min_time`` has
+    passed."""
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or (time.perf_counter() - start < warmup_time and done < 50):
         fn()
+        done += 1
     times = []
     start = time.perf_counter()
     while len(times) < repeats or (time.perf_counter() - start < min_time and len(times) < 50):

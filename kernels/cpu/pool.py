@@ -178,7 +178,7 @@ def _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pa
 
 
 @njit(**_opts)
-def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y):
+def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y, n_tasks):
     """Mean over each window (see _inverse_divisors for the divisor). Separable: a contiguous
     vertical sum of the window's rows, then each output adds its ``kw`` columns, then one
     vectorised multiply by the precomputed inverse divisors."""
@@ -187,32 +187,34 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y):
     zero = y.dtype.type(0)
     inv = _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pad,
                             divisor, y.dtype.type(1))
-    for p in prange(planes):
+    for task in prange(n_tasks):  # scratch allocated once per task
         col_sum = np.empty(w, dtype=x.dtype)
-        for oh in range(oh_n):
-            for q in range(_u(w)):
-                col_sum[q] = zero
-            for i in range(kh):
-                ih = oh * sh - ph + i
-                if 0 <= ih < h:
-                    x_row = x[p, ih]
-                    for q in range(_u(w)):
-                        col_sum[q] += x_row[q]
-            y_row = y[p, oh]
-            for q in range(_u(ow_n)):
-                y_row[q] = zero
-            for j in range(kw):
-                lo, hi = _valid_range(j - pw, sw, w, ow_n)
-                base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
-                for q in range(_u(hi - lo)):
-                    y_row[lo_u + q] += col_sum[base + q * s]
-            inv_row = inv[oh]
-            for q in range(_u(ow_n)):
-                y_row[q] *= inv_row[q]
+        for p in range(task * planes // n_tasks, (task + 1) * planes // n_tasks):
+            for oh in range(oh_n):
+                for q in range(_u(w)):
+                    col_sum[q] = zero
+                for i in range(kh):
+                    ih = oh * sh - ph + i
+                    if 0 <= ih < h:
+                        x_row = x[p, ih]
+                        for q in range(_u(w)):
+                            col_sum[q] += x_row[q]
+                y_row = y[p, oh]
+                for q in range(_u(ow_n)):
+                    y_row[q] = zero
+                for j in range(kw):
+                    lo, hi = _valid_range(j - pw, sw, w, ow_n)
+                    base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
+                    for q in range(_u(hi - lo)):
+                        y_row[lo_u + q] += col_sum[base + q * s]
+                inv_row = inv[oh]
+                for q in range(_u(ow_n)):
+                    y_row[q] *= inv_row[q]
 
 
 @njit(**_opts)
-def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, gx):
+def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, gx,
+                        n_tasks):
     """The adjoint, also separable: scale a row of gy by the inverse divisors, spread it over
     the window columns into one row, then add that row to each of the window's input rows."""
     planes, h, w = gx.shape
@@ -220,30 +222,31 @@ def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, 
     zero = gx.dtype.type(0)
     inv = _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pad,
                             divisor, gx.dtype.type(1))
-    for p in prange(planes):
+    for task in prange(n_tasks):  # scratch allocated once per task
         row = np.empty(w, dtype=gx.dtype)
         scaled = np.empty(ow_n, dtype=gx.dtype)
-        flat = gx[p].reshape(h * w)
-        for q in range(_u(h * w)):
-            flat[q] = zero
-        for oh in range(oh_n):
-            g_in = gy[p, oh]
-            inv_row = inv[oh]
-            for q in range(_u(ow_n)):
-                scaled[q] = g_in[q] * inv_row[q]
-            for q in range(_u(w)):
-                row[q] = zero
-            for j in range(kw):
-                lo, hi = _valid_range(j - pw, sw, w, ow_n)
-                base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
-                for q in range(_u(hi - lo)):
-                    row[base + q * s] += scaled[lo_u + q]
-            for i in range(kh):
-                ih = oh * sh - ph + i
-                if 0 <= ih < h:
-                    g_row = gx[p, ih]
-                    for q in range(_u(w)):
-                        g_row[q] += row[q]
+        for p in range(task * planes // n_tasks, (task + 1) * planes // n_tasks):
+            flat = gx[p].reshape(h * w)
+            for q in range(_u(h * w)):
+                flat[q] = zero
+            for oh in range(oh_n):
+                g_in = gy[p, oh]
+                inv_row = inv[oh]
+                for q in range(_u(ow_n)):
+                    scaled[q] = g_in[q] * inv_row[q]
+                for q in range(_u(w)):
+                    row[q] = zero
+                for j in range(kw):
+                    lo, hi = _valid_range(j - pw, sw, w, ow_n)
+                    base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
+                    for q in range(_u(hi - lo)):
+                        row[base + q * s] += scaled[lo_u + q]
+                for i in range(kh):
+                    ih = oh * sh - ph + i
+                    if 0 <= ih < h:
+                        g_row = gx[p, ih]
+                        for q in range(_u(w)):
+                            g_row[q] += row[q]
 
 
 @njit(cache=True, inline="always")

@@ -334,16 +334,18 @@ class CPUBackend:
     def avg_pool2d(self, x, kernel, stride, padding, out_hw, count_include_pad, divisor):
         n, c = x.shape[:2]
         y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
+        tasks = max(1, min(n * c, 4 * numba.get_num_threads()))
         pool_k.avg_pool2d(self._planes(x), *kernel, *stride, *padding, bool(count_include_pad),
-                          int(divisor or 0), y)
+                          int(divisor or 0), y, tasks)
         return y.reshape(n, c, *out_hw)
 
     def avg_pool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad,
                             divisor):
         n, c, h, w = x_shape
         gx = np.empty((n * c, h, w), dtype=gy.dtype)
+        tasks = max(1, min(n * c, 4 * numba.get_num_threads()))
         pool_k.avg_pool2d_backward(self._planes(gy), *kernel, *stride, *padding,
-                                   bool(count_include_pad), int(divisor or 0), gx)
+                                   bool(count_include_pad), int(divisor or 0), gx, tasks)
         return gx.reshape(x_shape)
 
     def adaptive_pool2d(self, x, out_hw, op):
