@@ -166,6 +166,20 @@ def test_flat_direct_kernels_match_reference(xs, ws, p, d, g, x_grad, dtype):
     assert y.dtype == dtype and W.grad.dtype == dtype
 
 
+def test_transposed_conv_with_output_padding_at_stride_1():
+    """output_padding < dilation at stride 1 adds rows that no input reaches: the flat kernels
+    must leave them at the bias, not read past the planes."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    X, W = nc.tensor(x, requires_grad=True), nc.tensor(w, requires_grad=True)
+    y = F.conv_transpose2d(X, W, stride=1, padding=1, output_padding=1, dilation=2)
+    ref = R.conv_transpose2d(x, w, None, (1, 1), (1, 1), (1, 1), 1, (2, 2))
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4)
+    y.sum().backward()
+    assert np.isfinite(X.grad.numpy()).all() and np.isfinite(W.grad.numpy()).all()
+
+
 def test_backward_kernels_are_deterministic_on_two_threads():
     """A race in a backward kernel shows up as run-to-run differences."""
     import numba
