@@ -104,6 +104,28 @@ def test_max_pool_unrolled_fast_paths_match_reference(kind, ceil, k, s):
     np.testing.assert_allclose(X.grad.numpy(), R.max_pool2d_grad(gy, ridx, x.shape), atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 9, 11)])
+@pytest.mark.parametrize("ceil,divisor", [(False, None), (True, None), (False, 3)])
+def test_avg_pool_2x2_fast_path_matches_reference(shape, ceil, divisor):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    X = nc.tensor(x, requires_grad=True)
+    y = F.avg_pool2d(X, 2, ceil_mode=ceil, divisor_override=divisor)
+    nc.gradcheck(lambda t: F.avg_pool2d(t, 2, ceil_mode=ceil, divisor_override=divisor),
+                 (t64(x[:1, :2]),))
+    args = ((2, 2), (2, 2), (0, 0), ceil, True, divisor)
+    np.testing.assert_allclose(y.numpy(), R.avg_pool2d(x, *args), rtol=1e-6, atol=1e-6)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    y.backward(nc.tensor(gy))
+    oh, ow = y.shape[2:]
+    if 2 * oh > x.shape[2] or 2 * ow > x.shape[3]:  # a partial window: the general kernel
+        return
+    expect = np.zeros_like(x)  # each input pixel in at most one window: its share of that gy
+    expect[:, :, :2 * oh, :2 * ow] = np.repeat(np.repeat(gy, 2, axis=2), 2, axis=3) / (
+        divisor or 4)
+    np.testing.assert_allclose(X.grad.numpy(), expect, rtol=1e-6, atol=1e-6)
+
+
 def test_max_pool_ties_go_to_first_and_nan_propagates():
     x = nc.tensor(np.zeros((1, 1, 2, 2), np.float32), requires_grad=True)
     F.max_pool2d(x, 2).sum().backward()

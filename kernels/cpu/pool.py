@@ -213,6 +213,46 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y, n_tasks
 
 
 @njit(**_opts)
+def avg_pool2d_2x2(x, inv, y, n_tasks):
+    """Mean of complete 2x2 windows at stride 2 (no padding), times ``inv`` (1/4, or
+    1/divisor_override): the commonest average pooling, unrolled."""
+    planes = x.shape[0]
+    oh_n, ow_n = y.shape[1], y.shape[2]
+    for task in prange(n_tasks):
+        for p in range(task * planes // n_tasks, (task + 1) * planes // n_tasks):
+            for oh in range(oh_n):
+                r0, r1 = x[p, 2 * oh], x[p, 2 * oh + 1]
+                out = y[p, oh]
+                for ow in range(ow_n):
+                    out[ow] = (r0[2 * ow] + r0[2 * ow + 1] + r1[2 * ow] + r1[2 * ow + 1]) * inv
+
+
+@njit(**_opts)
+def avg_pool2d_2x2_backward(gy, inv, gx, n_tasks):
+    """The adjoint of :func:`avg_pool2d_2x2`; rows and columns past the last window get 0."""
+    planes, h, w = gx.shape
+    oh_n, ow_n = gy.shape[1], gy.shape[2]
+    zero = gx.dtype.type(0)
+    for task in prange(n_tasks):
+        for p in range(task * planes // n_tasks, (task + 1) * planes // n_tasks):
+            for a in range(2 * oh_n, h):
+                for b in range(w):
+                    gx[p, a, b] = zero
+            for oh in range(oh_n):
+                g = gy[p, oh]
+                r0, r1 = gx[p, 2 * oh], gx[p, 2 * oh + 1]
+                for ow in range(ow_n):
+                    v = g[ow] * inv
+                    r0[2 * ow] = v
+                    r0[2 * ow + 1] = v
+                    r1[2 * ow] = v
+                    r1[2 * ow + 1] = v
+                for b in range(2 * ow_n, w):
+                    r0[b] = zero
+                    r1[b] = zero
+
+
+@njit(**_opts)
 def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, gx,
                         n_tasks):
     """The adjoint, also separable: scale a row of gy by the inverse divisors, spread it over

@@ -331,12 +331,22 @@ class CPUBackend:
     def adaptive_max_pool2d_backward(self, gy, indices, x_shape):
         return self.max_pool2d_backward(gy, indices, x_shape)
 
+    @staticmethod
+    def _avg_2x2(kernel, stride, padding, x_shape, out_hw):
+        """Complete 2x2 windows at stride 2 without padding: the unrolled kernels."""
+        return (tuple(kernel) == tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
+                and 2 * out_hw[0] <= x_shape[2] and 2 * out_hw[1] <= x_shape[3])
+
     def avg_pool2d(self, x, kernel, stride, padding, out_hw, count_include_pad, divisor):
         n, c = x.shape[:2]
         y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
         tasks = max(1, min(n * c, 4 * numba.get_num_threads()))
-        pool_k.avg_pool2d(self._planes(x), *kernel, *stride, *padding, bool(count_include_pad),
-                          int(divisor or 0), y, tasks)
+        if self._avg_2x2(kernel, stride, padding, x.shape, out_hw):
+            inv = x.dtype.type(1) / x.dtype.type(divisor or 4)
+            pool_k.avg_pool2d_2x2(self._planes(x), inv, y, tasks)
+        else:
+            pool_k.avg_pool2d(self._planes(x), *kernel, *stride, *padding,
+                              bool(count_include_pad), int(divisor or 0), y, tasks)
         return y.reshape(n, c, *out_hw)
 
     def avg_pool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad,
@@ -344,8 +354,12 @@ class CPUBackend:
         n, c, h, w = x_shape
         gx = np.empty((n * c, h, w), dtype=gy.dtype)
         tasks = max(1, min(n * c, 4 * numba.get_num_threads()))
-        pool_k.avg_pool2d_backward(self._planes(gy), *kernel, *stride, *padding,
-                                   bool(count_include_pad), int(divisor or 0), gx, tasks)
+        if self._avg_2x2(kernel, stride, padding, x_shape, gy.shape[2:]):
+            inv = gy.dtype.type(1) / gy.dtype.type(divisor or 4)
+            pool_k.avg_pool2d_2x2_backward(self._planes(gy), inv, gx, tasks)
+        else:
+            pool_k.avg_pool2d_backward(self._planes(gy), *kernel, *stride, *padding,
+                                       bool(count_include_pad), int(divisor or 0), gx, tasks)
         return gx.reshape(x_shape)
 
     def adaptive_pool2d(self, x, out_hw, op):
