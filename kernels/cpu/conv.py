@@ -1,8 +1,15 @@
 """2-D convolution (cross-correlation, NCHW) and its gradients on the CPU.
 
-Two strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backward`:
+Three strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backward` (the
+measurements behind the choice are beside :func:`_use_flat`):
 
-* **im2col + BLAS** (the general case). The images are split between Python worker threads
+* **flat direct kernels** (stride 1, up to 32x32 channels: LeNet, the first stages of ResNets).
+  One ``prange`` task per image pads it into a small plane; output unit q reads tap (i, j) at
+  ``q + i*dh*Wp + j*dw`` of the flattened plane, so every tap is one long contiguous
+  multiply-add, done for four output channels and three taps per pass. The input gradient is the
+  same forward kernel run on the output gradient with the flipped, channel-swapped kernel; the
+  weight gradient sums twelve dot products per pass into per-task partials.
+* **im2col + BLAS** (wider layers, strides). The images are split between Python worker threads
   (threads.pool); each packs a chunk of its images into a ``(C_g*kH*kW + 1, chunk*M)`` column
   matrix small enough to stay in its L2 cache (serial ``nogil`` Numba kernels), multiplies it by
   ``[W | b]`` with single-threaded BLAS (the ones row adds the bias), and unpacks the result to
@@ -10,7 +17,7 @@ Two strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backwa
   layout, see below); otherwise rows are strided gathers. Backward packs the output gradient the
   same way, accumulates ``[dW | db]`` per thread (summed after the join: no shared writes) and
   scatters the column gradient back with col2im, each thread into its own images only.
-* **direct loops** (depthwise-like groups, where a GEMM would have one row): one ``prange`` task
+* **direct row loops** (depthwise-like groups, where a GEMM would have one row): one ``prange`` task
   per output plane (forward), per input plane (input gradient) or per filter slice (weight
   gradient), so each task owns what it writes.
 
