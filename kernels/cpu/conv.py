@@ -460,94 +460,10 @@ def flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y):
                 o += nb
 
 
-@njit(**_serial)
-def _flat_scatter(src, w, o, ci, nb, i, kw, dh, dw, wp, lead, n_u, p0, p1, p2, p3):
-    """p_r[i*dh*Wp + u] += sum_j w[o, ci+r, i, j] * src[lead + u - j*dw] for one kernel row i
-    and nb (1 or 4) input channels: the input gradient in gather form, so that up to three
-    taps share one load and store of the plane (``src`` is zero outside its gradient)."""
-    base = _u(i * dh * wp)
-    j = 0
-    while j < kw:
-        s0 = _u(lead - j * dw)
-        if j + 3 <= kw:
-            s1, s2 = _u(lead - (j + 1) * dw), _u(lead - (j + 2) * dw)
-            if nb == 4:
-                w00, w01, w02 = w[o, ci, i, j], w[o, ci, i, j + 1], w[o, ci, i, j + 2]
-                w10, w11, w12 = w[o, ci + 1, i, j], w[o, ci + 1, i, j + 1], w[o, ci + 1, i, j + 2]
-                w20, w21, w22 = w[o, ci + 2, i, j], w[o, ci + 2, i, j + 1], w[o, ci + 2, i, j + 2]
-                w30, w31, w32 = w[o, ci + 3, i, j], w[o, ci + 3, i, j + 1], w[o, ci + 3, i, j + 2]
-                for u in range(_u(n_u)):
-                    a, b, c = src[s0 + u], src[s1 + u], src[s2 + u]
-                    p0[base + u] += w00 * a + w01 * b + w02 * c
-                    p1[base + u] += w10 * a + w11 * b + w12 * c
-                    p2[base + u] += w20 * a + w21 * b + w22 * c
-                    p3[base + u] += w30 * a + w31 * b + w32 * c
-            else:
-                w00, w01, w02 = w[o, ci, i, j], w[o, ci, i, j + 1], w[o, ci, i, j + 2]
-                for u in range(_u(n_u)):
-                    p0[base + u] += w00 * src[s0 + u] + w01 * src[s1 + u] + w02 * src[s2 + u]
-            j += 3
-        else:
-            if nb == 4:
-                w0, w1, w2, w3 = w[o, ci, i, j], w[o, ci + 1, i, j], w[o, ci + 2, i, j], \
-                    w[o, ci + 3, i, j]
-                for u in range(_u(n_u)):
-                    a = src[s0 + u]
-                    p0[base + u] += w0 * a
-                    p1[base + u] += w1 * a
-                    p2[base + u] += w2 * a
-                    p3[base + u] += w3 * a
-            else:
-                w0 = w[o, ci, i, j]
-                for u in range(_u(n_u)):
-                    p0[base + u] += w0 * src[s0 + u]
-            j += 1
-
-
 @njit(**_opts)
 def flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx):
-    """gx = conv2d's input gradient, stride 1; parallel over images, each writing its own."""
-    n_img, n_in, h, wd = gx.shape
-    n_out, cg, kh, kw = w.shape
-    og = n_out // groups
-    oh_n, ow_n = gy.shape[2], gy.shape[3]
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    m = (oh_n - 1) * wp + ow_n
-    lead = (kw - 1) * dw  # zeros before (and after) each gradient plane for the gather form
-    n_u = m + lead
-    zero = gx.dtype.type(0)
-    for n in prange(n_img):
-        gyf = np.zeros((n_out, lead + m + lead), dtype=gy.dtype)
-        for o in range(n_out):
-            for a in range(oh_n):
-                dst = _u(lead + a * wp)
-                for b in range(_u(ow_n)):
-                    gyf[o, dst + b] = gy[n, o, a, b]
-        planes = np.empty((4, hp * wp), dtype=gx.dtype)
-        for g in range(groups):
-            ci = 0
-            while ci < cg:
-                nb = 4 if cg - ci >= 4 else 1
-                for r in range(nb):
-                    for q in range(_u(hp * wp)):
-                        planes[r, q] = zero
-                for o in range(g * og, (g + 1) * og):
-                    for i in range(kh):
-                        _flat_scatter(gyf[o], w, o, ci, nb, i, kw, dh, dw, wp, lead, n_u,
-                                      planes[0], planes[1], planes[2], planes[3])
-                for r in range(nb):
-                    c = g * cg + ci + r
-                    for a in range(h):
-                        s0 = _u((a + ph) * wp + pw)
-                        for b in range(_u(wd)):
-                            gx[n, c, a, b] = planes[r, s0 + b]
-                ci += nb
-
-
-@njit(**_opts)
-def flat_grad_input_taps(gy, w, ph, pw, dh, dw, groups, gx):
-    """As :func:`flat_grad_input`, scattering one tap at a time (4, 2 or 1 input channels per
-    pass): faster when the kernel width is not a multiple of three (LeNet's 5x5)."""
+    """conv2d's input gradient by scattering, one tap at a time (4, 2 or 1 input channels per
+    pass); parallel over images, each writing its own. The fallback of :func:`_flat_input`."""
     n_img, n_in, h, wd = gx.shape
     n_out, cg, kh, kw = w.shape
     og = n_out // groups
@@ -761,7 +677,7 @@ def _flat_input(gy, w, ph, pw, dh, dw, groups, gx):
     output gradient with the kernel flipped and its channel axes swapped (per group), padded by
     d*(k-1) - p: the forward kernel, with its multi-tap blocks, does it 1.3-3x faster than
     scattering. With more padding than d*(k-1) (rare), or rows that no output reaches, the
-    gather or scatter kernels do it."""
+    scatter kernel does it."""
     n_out, cg, kh, kw = w.shape
     qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
     # exact: every input row and column is reached by some output (not so for the rows that
@@ -773,10 +689,8 @@ def _flat_input(gy, w, ph, pw, dh, dw, groups, gx):
         wt = np.ascontiguousarray(w.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1]
                                   .transpose(0, 2, 1, 3, 4).reshape(groups * cg, og, kh, kw))
         flat_forward(gy, wt, np.zeros(1, gx.dtype), False, qh, qw, dh, dw, groups, gx)
-    elif w.shape[3] % 3 == 0:
-        flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
     else:
-        flat_grad_input_taps(gy, w, ph, pw, dh, dw, groups, gx)
+        flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
 
 
 def _use_flat_params(stride, cg, og, n_img, n_threads):

@@ -64,6 +64,11 @@ def _keep_freed_memory() -> bool:
 MALLOC_TUNED = _keep_freed_memory()
 
 
+def _tasks(planes: int) -> int:
+    """prange tasks for plane-wise kernels: a few per thread; each allocates its scratch once."""
+    return max(1, min(planes, 4 * numba.get_num_threads()))
+
+
 class CPUBackend:
     name = "cpu"
 
@@ -311,7 +316,7 @@ class CPUBackend:
         idx = np.empty((n * c,) + tuple(out_hw), dtype=np.int64)
         if y.size == 0:
             return y.reshape(n, c, *out_hw), idx.reshape(n, c, *out_hw)
-        tasks = min(n * c, 4 * numba.get_num_threads())  # scratch allocated once per task
+        tasks = _tasks(n * c)
         if (kernel == stride == (2, 2) and padding == (0, 0) and dilation == (1, 1)
                 and 2 * out_hw[0] <= x.shape[2] and 2 * out_hw[1] <= x.shape[3]):
             pool_k.max_pool2d_2x2(self._planes(x), y, idx, tasks)  # complete 2x2 windows
@@ -340,7 +345,7 @@ class CPUBackend:
     def avg_pool2d(self, x, kernel, stride, padding, out_hw, count_include_pad, divisor):
         n, c = x.shape[:2]
         y = np.empty((n * c,) + tuple(out_hw), dtype=x.dtype)
-        tasks = max(1, min(n * c, 4 * numba.get_num_threads()))
+        tasks = _tasks(n * c)
         if self._avg_2x2(kernel, stride, padding, x.shape, out_hw):
             inv = x.dtype.type(1) / x.dtype.type(divisor or 4)
             pool_k.avg_pool2d_2x2(self._planes(x), inv, y, tasks)
@@ -353,7 +358,7 @@ class CPUBackend:
                             divisor):
         n, c, h, w = x_shape
         gx = np.empty((n * c, h, w), dtype=gy.dtype)
-        tasks = max(1, min(n * c, 4 * numba.get_num_threads()))
+        tasks = _tasks(n * c)
         if self._avg_2x2(kernel, stride, padding, x_shape, gy.shape[2:]):
             inv = gy.dtype.type(1) / gy.dtype.type(divisor or 4)
             pool_k.avg_pool2d_2x2_backward(self._planes(gy), inv, gx, tasks)
