@@ -155,9 +155,88 @@ def training_steps():
         print(f"{name:16s} {bs:5d} {ours:16.0f} {theirs:14.0f}")
 
 
+def model_zoo():
+    """Each zoo model at 224x224 on the GPU against the same weights on the CPU backend (eval
+    mode: no dropout, BatchNorm's running statistics), then a timed training step on the GPU,
+    next to torchvision's model of the same name where it is importable."""
+    from numba import cuda
+
+    import numbaconv as nc
+    import numbaconv.functional as F
+    from numbaconv import models, optim
+
+    specs = [("alexnet", lambda: models.alexnet(), 16, "alexnet"),
+             ("vgg11_bn", lambda: models.vgg11_bn(), 4, "vgg11_bn"),
+             ("googlenet", lambda: models.googlenet(), 8, "googlenet"),
+             ("resnet18", lambda: models.resnet18(), 8, "resnet18")]
+    print(f"\n{'model (224x224)':18s} {'batch':>5s} {'fwd rel err':>11s} {'grad rel err':>12s} "
+          f"{'step ms':>8s} {'torchvision ms':>14s} {'summary':>10s}")
+    worst = 0.0
+    for name, make, bs, tv_name in specs:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((bs, 3, 224, 224)).astype(np.float32)
+        y = rng.integers(0, 1000, bs)
+        nc.manual_seed(0)
+        cpu_model = make().eval()
+        gpu_model = make()
+        gpu_model.load_state_dict(cpu_model.state_dict())
+        gpu_model = gpu_model.to("cuda").eval()
+        res = {}
+        for dev, model in (("cpu", cpu_model), ("cuda", gpu_model)):
+            model.zero_grad()
+            out = model(nc.tensor(x, device=dev))
+            F.cross_entropy(out, nc.tensor(y, device=dev)).backward()
+            res[dev] = (out.numpy(), {k: p.grad.numpy() for k, p in model.named_parameters()
+                                    if p.grad is not None})
+        fwd = np.abs(res["cuda"][0] - res["cpu"][0]).max() / np.abs(res["cpu"][0]).max()
+        grad = max(np.abs(res["cuda"][1][k] - g).max() / (np.abs(g).max() + 1e-12)
+                   for k, g in res["cpu"][1].items())
+        worst = max(worst, fwd, grad)
+        total = nc.summary(gpu_model, (3, 224, 224), device="cuda").total_params
+
+        gpu_model.train()
+        opt = optim.SGD(gpu_model.parameters(), lr=0.01, momentum=0.9)
+        X, Y = nc.tensor(x, device="cuda"), nc.tensor(y, device="cuda")
+        lossf = models.googlenet_loss if name == "googlenet" else F.cross_entropy
+
+        def step():
+            loss = lossf(gpu_model(X), Y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        ms = timed(step, cuda.synchronize, 3) * 1e3
+        tv_ms = float("nan")
+        try:
+            import torch
+            import torchvision
+
+            if torch.cuda.is_available():
+                kw = {"aux_logits": True, "init_weights": True} if name == "googlenet" else {}
+                tm = getattr(torchvision.models, tv_name)(**kw).cuda().train()
+                topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+                tx, ty = torch.tensor(x).cuda(), torch.tensor(y).cuda()
+
+                def tstep():
+                    out = tm(tx)
+                    logits = out[0] if isinstance(out, tuple) else out
+                    loss = torch.nn.functional.cross_entropy(logits, ty)
+                    topt.zero_grad()
+                    loss.backward()
+                    topt.step()
+
+                tv_ms = timed(tstep, torch.cuda.synchronize, 3) * 1e3
+        except Exception as exc:  # torchvision missing or a model it lacks: timings only
+            print(f"  (torchvision {tv_name}: {type(exc).__name__}: {exc})")
+        print(f"{name:18s} {bs:5d} {fwd:11.2e} {grad:12.2e} {ms:8.1f} {tv_ms:14.1f} "
+              f"{total / 1e6:9.2f}M")
+    return worst
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--skip-models", action="store_true", help="skip the 224x224 model zoo")
     args = ap.parse_args(argv)
     os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
     import warnings
@@ -174,6 +253,9 @@ def main(argv=None):
     ok = True if args.skip_tests else run_tests()
     worst = op_parity()
     training_steps()
+    if not args.skip_models:
+        zoo = model_zoo()
+        print(f"\nworst relative difference of a zoo model to the CPU backend: {zoo:.2e}")
     print(f"\nworst relative difference to the CPU backend: {worst:.2e}; tests "
           f"{'passed' if ok else 'FAILED'}; {time.perf_counter() - t0:.0f} s in all")
 
