@@ -166,6 +166,51 @@ def test_flat_direct_kernels_match_reference(xs, ws, p, d, g, x_grad, dtype):
     assert y.dtype == dtype and W.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("blas_in_kernel", [True, False])
+@pytest.mark.parametrize("budget", [1 << 18, 600])  # one chunk per task, or many
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monkeypatch):
+    """The im2col + GEMM path, forced for every layer: with NumPy's BLAS called from inside the
+    Numba kernel and with the fallback that splits GEMMs across Python threads; with small
+    column budgets the images go through in many chunks."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import conv as ck
+
+    if blas_in_kernel and not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    monkeypatch.setitem(blas_k._state, "ready", blas_in_kernel and blas_k.ready())
+    monkeypatch.setattr(ck, "_COLUMN_BUDGET", budget)
+    for name in ("_use_flat", "_use_flat_input", "_use_flat_params"):
+        monkeypatch.setattr(ck, name, lambda *a: False)
+    rng = np.random.default_rng(7)
+    cases = [((5, 6, 9, 8), (8, 3, 3, 3), (1, 1), (1, 1), (1, 1), 2),   # flat layout, groups
+             ((3, 4, 11, 10), (6, 4, 3, 2), (2, 3), (1, 0), (1, 2), 1),  # strided, dilated
+             ((4, 8, 7, 7), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),   # 1x1 stride 2
+             ((1, 3, 6, 6), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1),    # dense, one image
+             ((2, 4, 5, 5), (4, 4, 5, 5), (3, 3), (2, 2), (1, 1), 1)]    # stride 3, padding 2
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for xs, ws, s, p, d, g in cases:
+        x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(ws[0]).astype(dtype)
+        args = (s, p, d, g)
+        y = ck.conv2d_forward(x, w, b, *args)
+        np.testing.assert_allclose(y, R.conv2d(x, w, b, *args), rtol=tol, atol=tol)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gx_ref = R.conv2d_grad_input(gy, w, x.shape, *args)
+        gw_ref = R.conv2d_grad_weight(gy, x, w.shape, *args)
+        for need in [(True, True, True), (True, False, False), (False, True, False),
+                     (False, False, True), (True, False, True)]:
+            gx, gw, gb = ck.conv2d_backward(gy, x if need[1] else None, w, *args, *need,
+                                            x_shape=x.shape)
+            if need[0]:
+                np.testing.assert_allclose(gx, gx_ref, rtol=tol, atol=tol * 10)
+            if need[1]:
+                np.testing.assert_allclose(gw, gw_ref, rtol=tol, atol=tol * 10)
+            if need[2]:
+                np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=tol, atol=tol * 10)
+            assert all(a is None or a.dtype == dtype for a in (gx, gw, gb))
+
+
 def test_transposed_conv_with_output_padding_at_stride_1():
     """output_padding < dilation at stride 1 adds rows that no input reaches: the flat kernels
     must leave them at the bias, not read past the planes."""

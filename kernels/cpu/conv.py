@@ -3,35 +3,39 @@
 Three strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backward` (the
 measurements behind the choice are beside :func:`_use_flat`):
 
-* **flat direct kernels** (stride 1, up to 32x32 channels: LeNet, the first stages of ResNets).
+* **flat direct kernels** (stride 1, few channels: LeNet, the first stage of ResNets).
   One ``prange`` task per image pads it into a small plane; output unit q reads tap (i, j) at
   ``q + i*dh*Wp + j*dw`` of the flattened plane, so every tap is one long contiguous
   multiply-add, done for four output channels and three taps per pass. The input gradient is the
   same forward kernel run on the output gradient with the flipped, channel-swapped kernel; the
   weight gradient sums twelve dot products per pass into per-task partials.
-* **im2col + BLAS** (wider layers, strides). The images are split between Python worker threads
-  (threads.pool); each packs a chunk of its images into a ``(C_g*kH*kW + 1, chunk*M)`` column
-  matrix small enough to stay in its L2 cache (serial ``nogil`` Numba kernels), multiplies it by
-  ``[W | b]`` with single-threaded BLAS (the ones row adds the bias), and unpacks the result to
-  NCHW. With stride 1 every packed row is one contiguous slice of the padded plane (the "flat"
-  layout, see below); otherwise rows are strided gathers. Backward packs the output gradient the
-  same way, accumulates ``[dW | db]`` per thread (summed after the join: no shared writes) and
-  scatters the column gradient back with col2im, each thread into its own images only.
+* **im2col + BLAS** (wider layers, strides). One ``prange`` task per thread takes a contiguous
+  range of images; it packs a chunk of them at a time into a ``(C_g*kH*kW + 1, chunk*M)``
+  column matrix small enough to stay in its L2 cache, multiplies it by ``[W | b]`` with NumPy's
+  own single-threaded BLAS, called from inside the kernel (see ``blas.py``; the ones row adds
+  the bias), and unpacks the result to NCHW. With stride 1 every packed row is one contiguous
+  slice of the padded plane (the "flat" layout, see below); otherwise rows are strided gathers.
+  Backward packs the output gradient the same way, accumulates ``[dW | db]`` per task (summed
+  after the kernel: no shared writes) and scatters the column gradient back with col2im, each
+  task into its own images only. Where NumPy's BLAS cannot be called from a kernel, the same
+  steps run on Python worker threads (threads.pool) with serial ``nogil`` kernels.
 * **direct row loops** (depthwise-like groups, where a GEMM would have one row): one ``prange`` task
   per output plane (forward), per input plane (input gradient) or per filter slice (weight
   gradient), so each task owns what it writes.
 
-Scratch matrices are reused between calls (page faults on fresh buffers cost more than the
-packing itself). Shapes, strides, padding and dilation arrive already validated.
+Scratch matrices are reused between calls, or allocated per task and recycled by the allocator
+(page faults on fresh buffers cost more than the packing itself). Shapes, strides, padding and
+dilation arrive already validated.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
-from .threads import pool, split, workspace
+from . import blas as blas_k
+from .threads import blas, pool, split, workspace
 
 _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 
@@ -216,6 +220,140 @@ def nchw_to_columns(gy3, n0, n_img, o0, pitch, m, oh_n, ow_n, out):
                 if oh < oh_n - 1:
                     for ow in range(ow_n, pitch):
                         out[o, dst + ow] = zero
+
+
+# ---------------------------------------------------------------------- GEMM inside kernels
+# NumPy's own CBLAS ?gemm (64-bit integers), registered under these names by blas.ready().
+_ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
+_sgemm = types.ExternalFunction(blas_k.SGEMM, types.void(
+    types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float32,
+    types.intp, types.int64, types.intp, types.int64, types.float32, types.intp, types.int64))
+_dgemm = types.ExternalFunction(blas_k.DGEMM, types.void(
+    types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float64,
+    types.intp, types.int64, types.intp, types.int64, types.float64, types.intp, types.int64))
+
+
+@njit(cache=True, inline="always")
+def _gemm(trans_a, trans_b, a, b, beta, c):
+    """c = op(a) @ op(b) + beta * c on the calling thread, for C-contiguous 2-D arrays (op
+    transposes where asked). The caller holds BLAS at one thread."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    ta = _TRANS if trans_a else _NO_TRANS
+    tb = _TRANS if trans_b else _NO_TRANS
+    if c.itemsize == 4:
+        _sgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float32(1),
+               a.ctypes.data, np.int64(a.shape[1]), b.ctypes.data, np.int64(b.shape[1]),
+               np.float32(beta), c.ctypes.data, np.int64(n))
+    else:
+        _dgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float64(1),
+               a.ctypes.data, np.int64(a.shape[1]), b.ctypes.data, np.int64(b.shape[1]),
+               np.float64(beta), c.ctypes.data, np.int64(n))
+
+
+@njit(**_serial)
+def _pack(xp, g, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, flat, m, cols):
+    nb, n_in, hp, wp = xp.shape
+    if flat:
+        im2col_flat(xp.reshape((nb, n_in, hp * wp)), g * cg, cg, kh, kw, dh, dw, wp, m, cols,
+                    True)
+    else:
+        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, cols, True)
+
+
+@njit(**_opts)
+def gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat, chunk, ranges, y3):
+    """im2col + GEMM forward: task t packs chunks of its images ranges[t] and multiplies them
+    by [W | b] per group (the ones row of the columns adds the bias)."""
+    n_img, n_in, h, wd = x.shape
+    groups, og, kk1 = w_aug.shape
+    cg = n_in // groups
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    pitch = wp if flat else ow_n
+    m = (oh_n - 1) * wp + ow_n if flat else oh_n * ow_n
+    dense = pitch == ow_n
+    padded = ph > 0 or pw > 0
+    for t in prange(ranges.shape[0]):
+        xp_buf = np.empty(chunk * n_in * hp * wp if padded else 1, dtype=x.dtype)
+        col_buf = np.empty(kk1 * chunk * m, dtype=x.dtype)
+        out_buf = np.empty(og * chunk * m, dtype=x.dtype)
+        for a in range(ranges[t, 0], ranges[t, 1], chunk):
+            z = min(a + chunk, ranges[t, 1])
+            nb = z - a
+            xp = x[a:z]
+            if padded:
+                xp = xp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
+                pad_into(x, a, z, ph, pw, xp)
+            cols = col_buf[:kk1 * nb * m].reshape((kk1, nb * m))
+            for g in range(groups):
+                _pack(xp, g, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, flat, m, cols)
+                if dense and nb == 1:  # the product is this image's output already
+                    _gemm(False, False, w_aug[g], cols, 0, y3[a, g * og:(g + 1) * og])
+                else:
+                    out = out_buf[:og * nb * m].reshape((og, nb * m))
+                    _gemm(False, False, w_aug[g], cols, 0, out)
+                    columns_to_nchw(out, a, g * og, pitch, m, oh_n, ow_n, y3)
+
+
+@njit(**_opts)
+def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat,
+                  chunk, ranges, need_input, need_weight, need_bias, gx, parts):
+    """im2col + GEMM backward. Task t, over chunks of its images ranges[t]: [dW | db] of each
+    group accumulates into parts[t] (the caller sums the tasks), the column gradient W^T dY is
+    scattered back (col2im) into gx for its own images. ``x`` is read only for the weight
+    gradient and ``gx`` written only for the input gradient."""
+    groups, og, kk = w2.shape
+    kk1 = kk + 1
+    cg = n_in // groups
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    pitch = wp if flat else ow_n
+    m = (oh_n - 1) * wp + ow_n if flat else oh_n * ow_n
+    dense = pitch == ow_n
+    padded = ph > 0 or pw > 0
+    zero = gy3.dtype.type(0)
+    for t in prange(ranges.shape[0]):
+        gyt_buf = np.empty(og * chunk * m, dtype=gy3.dtype)
+        col_buf = np.empty(kk1 * chunk * m if need_weight else 1, dtype=gy3.dtype)
+        gcol_buf = np.empty(kk * chunk * m if need_input else 1, dtype=gy3.dtype)
+        xp_buf = np.empty(chunk * n_in * hp * wp if padded and need_weight else 1,
+                          dtype=gy3.dtype)
+        gxp_buf = np.empty(chunk * n_in * hp * wp if padded and need_input else 1,
+                           dtype=gy3.dtype)
+        for a in range(ranges[t, 0], ranges[t, 1], chunk):
+            z = min(a + chunk, ranges[t, 1])
+            nb = z - a
+            xp = x[a:z]
+            if need_weight and padded:
+                xp = xp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
+                pad_into(x, a, z, ph, pw, xp)
+            gxp = gx[a:z]
+            if need_input and padded:
+                gxp = gxp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
+            for g in range(groups):
+                gyt = gy3[a, g * og:(g + 1) * og]
+                if not (dense and nb == 1):
+                    gyt = gyt_buf[:og * nb * m].reshape((og, nb * m))
+                    nchw_to_columns(gy3, a, nb, g * og, pitch, m, oh_n, ow_n, gyt)
+                if need_weight:
+                    cols = col_buf[:kk1 * nb * m].reshape((kk1, nb * m))
+                    _pack(xp, g, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, flat, m, cols)
+                    _gemm(False, True, gyt, cols, 1, parts[t, g])
+                elif need_bias:
+                    for o in range(og):
+                        acc = zero
+                        for q in range(_u(nb * m)):
+                            acc += gyt[o, q]
+                        parts[t, g, o, kk] += acc
+                if need_input:
+                    gcols = gcol_buf[:kk * nb * m].reshape((kk, nb * m))
+                    _gemm(True, False, w2[g], gyt, 0, gcols)
+                    if flat:
+                        col2im_flat(gcols, g * cg, cg, kh, kw, dh, dw, wp, m,
+                                    gxp.reshape((nb, n_in, hp * wp)))
+                    else:
+                        col2im_strided(gcols, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, gxp)
+                    if padded:
+                        unpad_into(gxp, a, g * cg, cg, ph, pw, gx)
 
 
 @njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
@@ -656,20 +794,33 @@ def _use_direct(cg, og, kh, kw):
 
 
 # When the flat direct kernels beat im2col + GEMM (stride 1), measured on the 2-core development
-# machine with isolated kernels and whole LeNet-5 / ResNet-mini training steps. Their inner loops
-# carry four channels and three taps per pass, so the GEMM only wins for wide layers:
-# forward up to 32x32 channel pairs and C_g*kH*kW <= 288 (16->16 3x3: 2.5x faster than the GEMM
-# path, 32->32 1.1x; 64->64 is 1.5-1.9x slower); weight gradient up to 32x32 pairs (16->16
-# 2.5x, 32->32 1.4-1.6x); input gradient (a forward convolution, see _flat_input) likewise.
-# Inside a training step they also keep the work on Numba's threads, where the GEMM path hands
-# it to the Python pool and the two pools compete for the cores.
-def _use_flat(stride, cg, og, kh, kw, n_img, n_threads):
-    return stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 288 and og * cg <= 1024
+# machine with a Numba kernel before each call, as inside a training step. Their inner loops
+# carry four channels and three taps per pass over the padded plane, junk columns included
+# (M / (OH*OW): 1.07 for 28x28 maps with padding 1, 1.36 for LeNet's conv2 on 14x14 maps):
+# * forward: up to 16x16 channel pairs with little junk (ResNet-mini 16->16 at 28x28: 1.26x
+#   faster than the GEMM path; LeNet conv1 1.6x); the GEMM path wins on 32->32 (1.15x) and on
+#   LeNet's conv2 (1.15x, its junk);
+# * input gradient (a forward convolution of the output gradient, see _flat_input): up to
+#   16x16 pairs with channels in fours (16->16 1.1x); the GEMM path wins on 32->32 (1.4x) and
+#   LeNet's conv2 (6 input channels: 2.1x at batch 64, 2.8x at 256);
+# * weight gradient: up to 32x32 pairs (16->16 2.5x faster, 32->32 1.2-1.4x, LeNet's conv2
+#   1.2-1.3x).
+def _flat_junk(x_shape, w_shape, padding, dilation):
+    """M / (OH*OW) of the flat layout: the share of wasted positions."""
+    (ph, pw), (dh, dw) = padding, dilation
+    h, wd = x_shape[2] + 2 * ph, x_shape[3] + 2 * pw
+    oh, ow = h - dh * (w_shape[2] - 1), wd - dw * (w_shape[3] - 1)
+    return ((oh - 1) * wd + ow) / max(oh * ow, 1)
+
+
+def _use_flat(stride, cg, og, kh, kw, n_img, n_threads, junk):
+    return (stride == (1, 1) and n_img >= n_threads and cg * kh * kw <= 288 and og * cg <= 256
+            and junk <= 1.2)
 
 
 def _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads):
     return (stride == (1, 1) and n_img >= n_threads and max(cg, og) * kh * kw <= 400
-            and og * cg <= 1024)
+            and og * cg <= 256 and cg % 4 == 0)
 
 
 def _flat_input(gy, w, ph, pw, dh, dw, groups, gx):
@@ -750,6 +901,11 @@ class _Plan:
                            self.dh, self.dw, self.oh, self.ow, gxp)
 
 
+def _task_ranges(n_img):
+    """One contiguous range of images per Numba thread."""
+    return np.array(split(n_img, min(numba.get_num_threads(), n_img)), dtype=np.int64)
+
+
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """y = conv2d(x, w) + b for NCHW ``x`` and ``w`` of shape (O, C/groups, kH, kW)."""
     n_img, _, h, wd = x.shape
@@ -763,7 +919,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     if y.size == 0:
         return y
     direct = _use_direct(cg, og, kh, kw)
-    if direct or _use_flat(stride, cg, og, kh, kw, n_img, numba.get_num_threads()):
+    if direct or _use_flat(stride, cg, og, kh, kw, n_img, numba.get_num_threads(),
+                           _flat_junk(x.shape, w.shape, padding, dilation)):
         has_bias = b is not None
         bias = np.ascontiguousarray(b) if has_bias else np.zeros(1, x.dtype)
         if direct:
@@ -779,6 +936,11 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     if b is not None:
         w_aug[:, :, kk] = np.asarray(b).reshape(groups, og)
     y3 = y.reshape(n_img, n_out, oh_n * ow_n)
+    if blas_k.ready():  # all on Numba's threads, BLAS called from the kernel
+        with blas.single_thread():
+            gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, plan.flat,
+                         plan.chunk, _task_ranges(n_img), y3)
+        return y
 
     def work(n0, n1):
         for a in range(n0, n1, plan.chunk):
@@ -832,8 +994,6 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
     n_threads = numba.get_num_threads()
     if need_weight and _use_flat_params(stride, cg, og, n_img, n_threads):
         if need_input and not _use_flat_input(stride, cg, og, kh, kw, n_img, n_threads):
-            # the GEMM path first: its Python threads then never meet OpenMP threads still
-            # spinning after the flat kernel
             gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
                                  False, x_shape)[0]
         elif need_input:
@@ -853,6 +1013,22 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
     kk, m = plan.kk, plan.m
     w2 = w.reshape(groups, og, kk)
     want_params = need_weight or need_bias
+    if blas_k.ready():  # all on Numba's threads, BLAS called from the kernel
+        ranges = _task_ranges(n_img)
+        parts = np.zeros((len(ranges) if want_params else 1, groups, og, kk + 1), dtype=dtype)
+        dummy = np.zeros((1, 1, 1, 1), dtype=dtype)
+        with blas.single_thread():
+            gemm_backward(gy3, x if need_weight else dummy, w2, x_shape[1], x_shape[2],
+                          x_shape[3], kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, plan.flat,
+                          plan.chunk, ranges, need_input, need_weight, need_bias,
+                          gx if need_input else dummy, parts)
+        if want_params:
+            total = parts.sum(axis=0).reshape(n_out, kk + 1)
+            if need_weight:
+                gw = np.ascontiguousarray(total[:, :kk]).reshape(w.shape)
+            if need_bias:
+                gb = np.ascontiguousarray(total[:, kk])
+        return gx, gw, gb
 
     def work(n0, n1):
         # this thread's share of [dW | db]: summed over its images, reduced after the join
