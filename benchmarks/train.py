@@ -4,7 +4,8 @@ For LeNet-5 (batch 64 and 256) and ResNet-mini-8 (batch 128) on Fashion-MNIST ba
 libraries train the same architecture from the same initial weights with SGD (momentum 0.9),
 alternating blocks of steps in one process, at 2 threads and at 1. Prints the median images/s
 of each and the ratio (above 1.0: numbaconv is faster). With ``--rss`` it also runs each library
-alone in a subprocess and reports its peak resident memory and the time from process start to
+alone in a subprocess and reports its peak resident memory (numbaconv's with its kernels cached,
+and while compiling them on an empty cache) and the time from process start to
 the end of the first training step (numbaconv with an empty and with a warm Numba cache), and
 the images/s of each library alone in its own process (200 steps after a warm-up). The alone
 figures matter because importing numbaconv changes two process-wide settings that speed up
@@ -234,12 +235,13 @@ def memory_and_startup(names, threads):
     for key in names:
         name = CONFIGS[key][0][0]
         with tempfile.TemporaryDirectory() as cache:
-            cold, rss, _ = child("numbaconv", name, threads, cache)
-            warm, _, rate = child("numbaconv", name, threads, cache)
+            cold, rss_cold, _ = child("numbaconv", name, threads, cache)
+            warm, rss, rate = child("numbaconv", name, threads, cache)
         t_first, t_rss, t_rate = child("torch", name, threads)
         print(f"{name:14s} peak RSS numbaconv {rss:6.0f} MiB  PyTorch {t_rss:6.0f} MiB  "
-              f"(ratio {rss / t_rss:.2f});  start to first step: numbaconv cold {cold:5.1f} s, "
-              f"warm {warm:4.1f} s, PyTorch {t_first:4.1f} s")
+              f"(ratio {rss / t_rss:.2f}; numbaconv compiling its kernels: {rss_cold:.0f} MiB)")
+        print(f"{'':14s} start to first step: numbaconv cold {cold:5.1f} s, warm {warm:4.1f} s, "
+              f"PyTorch {t_first:4.1f} s")
         print(f"{'':14s} each library alone in its own process: numbaconv {rate:6.0f} img/s  "
               f"PyTorch {t_rate:6.0f} img/s  ratio {rate / t_rate:5.2f}")
 

@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import os
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,8 @@ def download_file(url: str, dest: Path, check, timeout: float = 60.0) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".", dir=dest.parent)
     try:
+        import urllib.request  # here, not at import: it pulls in http and email (~2 MiB)
+
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             while True:
                 block = resp.read(1 << 20)
