@@ -155,6 +155,31 @@ def test_matmul(data):
     assert (nc.tensor(a.astype(np.float32)) @ nc.tensor(b.astype(np.float32))).dtype == nc.float32
 
 
+@pytest.mark.parametrize("blas_in_kernel", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_matmul_split_between_threads(blas_in_kernel, dtype, monkeypatch):
+    """Products big enough to be split by rows between threads (a fully connected layer's
+    forward and both gradients: transposed operands included), with NumPy's BLAS called from
+    a Numba kernel and with the Python-thread fallback."""
+    from numbaconv.kernels.cpu import blas as blas_k
+
+    if blas_in_kernel and not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    monkeypatch.setitem(blas_k._state, "ready", blas_in_kernel and blas_k.ready())
+    rng = np.random.default_rng(3)
+    x = nc.tensor(rng.standard_normal((300, 257)).astype(dtype), requires_grad=True)
+    w = nc.tensor(rng.standard_normal((130, 257)).astype(dtype), requires_grad=True)
+    y = nc.functional.linear(x, w)
+    xs, ws = x.numpy().astype(np.float64), w.numpy().astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y.numpy(), xs @ ws.T, rtol=tol, atol=tol * 100)
+    g = rng.standard_normal(y.shape)
+    y.backward(nc.tensor(g.astype(dtype)))
+    np.testing.assert_allclose(x.grad.numpy(), g @ ws, rtol=tol, atol=tol * 100)
+    np.testing.assert_allclose(w.grad.numpy(), g.T @ xs, rtol=tol, atol=tol * 100)
+    assert y.dtype == x.grad.dtype == w.grad.dtype == dtype
+
+
 def test_matmul_shape_errors():
     with pytest.raises(ValueError, match=r"cannot be multiplied \(3 != 4\)"):
         nc.randn(2, 3) @ nc.randn(4, 2)

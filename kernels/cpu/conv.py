@@ -234,21 +234,43 @@ _dgemm = types.ExternalFunction(blas_k.DGEMM, types.void(
 
 
 @njit(cache=True, inline="always")
+def _gemm_at(trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+    """c[c_off:] = op(a[a_off:]) @ op(b[b_off:]) + beta * c[c_off:], BLAS-style: row-major
+    matrices given by an array, an element offset and a leading dimension."""
+    size = c.itemsize
+    pa, pb, pc = a.ctypes.data + a_off * size, b.ctypes.data + b_off * size, \
+        c.ctypes.data + c_off * size
+    ta = _TRANS if trans_a else _NO_TRANS
+    tb = _TRANS if trans_b else _NO_TRANS
+    if size == 4:
+        _sgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float32(1),
+               pa, np.int64(lda), pb, np.int64(ldb), np.float32(beta), pc, np.int64(ldc))
+    else:
+        _dgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float64(1),
+               pa, np.int64(lda), pb, np.int64(ldb), np.float64(beta), pc, np.int64(ldc))
+
+
+@njit(cache=True, inline="always")
 def _gemm(trans_a, trans_b, a, b, beta, c):
     """c = op(a) @ op(b) + beta * c on the calling thread, for C-contiguous 2-D arrays (op
     transposes where asked). The caller holds BLAS at one thread."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    ta = _TRANS if trans_a else _NO_TRANS
-    tb = _TRANS if trans_b else _NO_TRANS
-    if c.itemsize == 4:
-        _sgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float32(1),
-               a.ctypes.data, np.int64(a.shape[1]), b.ctypes.data, np.int64(b.shape[1]),
-               np.float32(beta), c.ctypes.data, np.int64(n))
-    else:
-        _dgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float64(1),
-               a.ctypes.data, np.int64(a.shape[1]), b.ctypes.data, np.int64(b.shape[1]),
-               np.float64(beta), c.ctypes.data, np.int64(n))
+    _gemm_at(trans_a, trans_b, m, n, k, a, 0, a.shape[1], b, 0, b.shape[1], beta, c, 0, n)
+
+
+@njit(**_opts)
+def matmul_rows(a, trans_a, b, trans_b, ranges, out):
+    """out = op(a) @ op(b) for C-contiguous 2-D ``a``, ``b`` (op transposes where asked), task
+    t computing the output rows ranges[t]: the backend's large matrix products (fully
+    connected layers), on Numba's threads like the convolutions."""
+    m, n = out.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    for t in prange(ranges.shape[0]):
+        r0, r1 = ranges[t, 0], ranges[t, 1]
+        # rows r0:r1 of op(a): rows of a, or (transposed) its columns
+        _gemm_at(trans_a, trans_b, r1 - r0, n, k, a, r0 if trans_a else r0 * a.shape[1],
+                 a.shape[1], b, 0, b.shape[1], 0, out, r0 * n, n)
 
 
 @njit(**_serial)

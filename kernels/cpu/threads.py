@@ -108,11 +108,32 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def _base(a):
+    """(C-contiguous array, transposed?) such that a == array or array.T."""
+    if a.flags.c_contiguous:
+        return a, False
+    if a.T.flags.c_contiguous:
+        return a.T, True
+    return np.ascontiguousarray(a), False
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """np.matmul with BLAS on one thread; large products split their rows across the pool."""
+    """np.matmul with BLAS on one thread; large products split their rows between threads:
+    Numba's, calling BLAS from a kernel where it can (see conv.matmul_rows), else the pool's."""
     if a.ndim == 2 and b.ndim == 2 and a.shape[0] >= 64 and \
             a.shape[0] * a.shape[1] * b.shape[1] >= (1 << 22):
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+        from . import blas as blas_k
+        from . import conv as conv_k  # here: conv imports this module
+
+        if a.dtype == b.dtype == out.dtype and out.dtype in (np.float32, np.float64) \
+                and blas_k.ready():
+            (a0, ta), (b0, tb) = _base(a), _base(b)
+            parts = min(max(1, a.shape[0] // 32), conv_k.numba.get_num_threads())
+            with blas.single_thread():
+                conv_k.matmul_rows(a0, ta, b0, tb, np.array(split(a.shape[0], parts),
+                                                             dtype=np.int64), out)
+            return out
 
         def work(lo, hi):
             np.matmul(a[lo:hi], b, out=out[lo:hi])
