@@ -572,6 +572,37 @@ def _flat_taps4(rows, w, ci0, cg, kh, kw, dh, dw, wp, o0, m, a0, a1, a2, a3):
 
 
 @njit(**_serial)
+def _flat_taps2(rows, w, ci0, cg, kh, kw, dh, dw, wp, o0, m, a0, a1):
+    """Two output channels (LeNet's conv1 has six: a block of four, then this), three taps of
+    a kernel row per pass."""
+    for ci in range(cg):
+        row = rows[ci0 + ci]
+        for i in range(kh):
+            j = 0
+            while j < kw:
+                off = _u(i * dh * wp + j * dw)
+                if j + 3 <= kw:
+                    d1, d2 = _u(dw), _u(2 * dw)
+                    w00, w01, w02 = w[o0, ci, i, j], w[o0, ci, i, j + 1], w[o0, ci, i, j + 2]
+                    w10, w11 = w[o0 + 1, ci, i, j], w[o0 + 1, ci, i, j + 1]
+                    w12 = w[o0 + 1, ci, i, j + 2]
+                    for q in range(_u(m)):
+                        u = row[off + q]
+                        v = row[off + d1 + q]
+                        t = row[off + d2 + q]
+                        a0[q] += w00 * u + w01 * v + w02 * t
+                        a1[q] += w10 * u + w11 * v + w12 * t
+                    j += 3
+                else:
+                    w0, w1 = w[o0, ci, i, j], w[o0 + 1, ci, i, j]
+                    for q in range(_u(m)):
+                        v = row[off + q]
+                        a0[q] += w0 * v
+                        a1[q] += w1 * v
+                    j += 1
+
+
+@njit(**_serial)
 def _flat_taps1(rows, w, ci0, cg, kh, kw, dh, dw, wp, o, m, acc):
     """One output channel (depthwise layers, the channels left over from blocks of four): three
     taps of a kernel row per pass."""
@@ -616,7 +647,8 @@ def flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y):
         for g in range(groups):
             o = g * og
             while o < (g + 1) * og:
-                nb = 4 if (g + 1) * og - o >= 4 else 1
+                left = (g + 1) * og - o
+                nb = 4 if left >= 4 else (2 if left >= 2 else 1)
                 for r in range(nb):
                     bv = bias[o + r] if has_bias else zero
                     for q in range(_u(m)):
@@ -624,6 +656,8 @@ def flat_forward(x, w, bias, has_bias, ph, pw, dh, dw, groups, y):
                 if nb == 4:
                     _flat_taps4(xp, w, g * cg, cg, kh, kw, dh, dw, wp, o, m,
                                 acc[0], acc[1], acc[2], acc[3])
+                elif nb == 2:
+                    _flat_taps2(xp, w, g * cg, cg, kh, kw, dh, dw, wp, o, m, acc[0], acc[1])
                 else:
                     _flat_taps1(xp, w, g * cg, cg, kh, kw, dh, dw, wp, o, m, acc[0])
                 for r in range(nb):
