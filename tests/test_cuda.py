@@ -117,15 +117,6 @@ def test_op_matches_cpu(name):
 
 
 @needs_cuda
-@needs_cuda
-def test_conv_weight_gradient_split_k(monkeypatch):
-    """Long weight-gradient sums run as slices summed afterwards (split-K), the last slice
-    shorter than the others; the result equals the CPU backend's."""
-    monkeypatch.setattr(nc.get_backend("cuda"), "split_k", 24)
-    x, w = r(2, 2, 7, 6), r(4, 1, 3, 3)  # K = 2 * 7 * 6 = 84: slices of 24, 24, 24, 12
-    _check(lambda x, w: F.conv2d(x, w, padding=1, groups=2), [x, w], rtol=1e-4, atol=1e-4)
-
-
 def test_batchnorm_dropout_and_rng_on_device():
     nc.manual_seed(3)
     x = r(4, 3, 2, 2)

@@ -125,9 +125,6 @@ def _basic_view(shape, index):
 
 class CUDABackend:
     name = "cuda"
-    # positions per slice of a convolution's weight-gradient product (split-K, see
-    # conv2d_backward); products up to twice this long run in one piece
-    split_k = 4096
 
     def __init__(self):
         if cuda is None or not (cuda.is_available() or cuda.config.ENABLE_CUDASIM):
@@ -531,16 +528,14 @@ class CUDABackend:
             shape = batch + (m,)
         return out.reshape(shape)
 
-    def _mm(self, a, a_strides, b, b_strides, m, n, k, out, k_total=None):
-        """out (batch, m, n) = a @ b with explicit (batch, row, col) element strides; with
-        ``k_total``, batch z sums K-range [z*k, min((z+1)*k, k_total)) (split-K)."""
+    def _mm(self, a, a_strides, b, b_strides, m, n, k, out):
+        """out (batch, m, n) = a @ b with explicit (batch, row, col) element strides."""
         tile = mm_k.TILE
         cap = 2 if SIMULATOR else 65535
         grid = (min((n + tile - 1) // tile, cap), min((m + tile - 1) // tile, cap), out.shape[0])
-        k_total = out.shape[0] * k if k_total is None else k_total
         self._run("mm", out.dtype, 0, self._flat(a), tuple(a_strides), self._flat(b),
-                  tuple(b_strides), np.int64(m), np.int64(n), np.int64(k), np.int64(k_total),
-                  out, grid=grid, block=(tile, tile))
+                  tuple(b_strides), np.int64(m), np.int64(n), np.int64(k), out,
+                  grid=grid, block=(tile, tile))
 
     def softmax(self, a, axis, log):
         x2, perm = self._axis_last(a, axis)
@@ -619,18 +614,8 @@ class CUDABackend:
             if need_w:
                 self._run("conv.im2col", dt, cols.size, x, i64(g * cg), i64(cg), *geom, cols)
                 # dW_g = gyt @ cols^T: cols read transposed through its strides
-                K = n_img * L
-                if K <= 2 * self.split_k:
-                    self._mm(gyt, (0, K, 1), cols, (0, 1, K), og, kk, K,
-                             gw[g * og:(g + 1) * og].reshape((1, og, kk)))
-                else:
-                    # split-K: partial products over slices of split_k positions, summed
-                    # after (one thread summing ~50k products in float32 lost ~1e-3 of the
-                    # gradient to rounding; slices also give the GPU more blocks to run)
-                    kc = self.split_k
-                    parts = self._empty(((K + kc - 1) // kc, og, kk), dt)
-                    self._mm(gyt, (kc, K, 1), cols, (kc, 1, K), og, kk, kc, parts, k_total=K)
-                    self.copy_(gw[g * og:(g + 1) * og], self.reduce("sum", parts, (0,), False))
+                self._mm(gyt, (0, n_img * L, 1), cols, (0, 1, n_img * L), og, kk, n_img * L,
+                         gw[g * og:(g + 1) * og].reshape((1, og, kk)))
             if need_x:
                 # dcols = W_g^T @ gyt, then each input pixel gathers its column entries
                 self._mm(w2[g * og:(g + 1) * og], (0, 1, kk), gyt, (0, n_img * L, 1), kk,
