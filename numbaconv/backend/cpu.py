@@ -266,24 +266,35 @@ class CPUBackend:
     def matmul(self, a, b):
         return threads.matmul(a, b)
 
+    @staticmethod
+    def _to_last(a, axis):
+        """``a`` with ``axis`` last, contiguous (no moveaxis call when it is last already: the
+        cross-entropy of every training step)."""
+        if axis % a.ndim != a.ndim - 1:
+            a = np.moveaxis(a, axis, -1)
+        return np.ascontiguousarray(a)
+
+    @staticmethod
+    def _from_last(a, axis):
+        return a if axis % a.ndim == a.ndim - 1 else np.moveaxis(a, -1, axis)
+
     def softmax(self, a, axis, log):
-        moved = np.ascontiguousarray(np.moveaxis(a, axis, -1))
+        moved = self._to_last(a, axis)
         if moved.size == 0:
             return np.empty_like(a)
         rows = moved.reshape(-1, moved.shape[-1])
         out = np.empty_like(rows)
         ew.softmax_rows(rows, out, log)
-        return np.moveaxis(out.reshape(moved.shape), -1, axis)
+        return self._from_last(out.reshape(moved.shape), axis)
 
     def softmax_backward(self, gy, y, axis, log):
-        g2 = np.ascontiguousarray(np.moveaxis(gy, axis, -1))
-        y2 = np.ascontiguousarray(np.moveaxis(y, axis, -1))
+        g2, y2 = self._to_last(gy, axis), self._to_last(y, axis)
         if g2.size == 0:
             return np.empty_like(gy)
         out = np.empty(g2.shape, dtype=gy.dtype)
         ew.softmax_rows_backward(g2.reshape(-1, g2.shape[-1]), y2.reshape(-1, y2.shape[-1]),
                                  out.reshape(-1, out.shape[-1]), log)
-        return np.moveaxis(out, -1, axis)
+        return self._from_last(out, axis)
 
     # ------------------------------------------------------------ convolution
     def conv2d(self, x, w, b, stride, padding, dilation, groups):
