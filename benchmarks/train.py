@@ -7,7 +7,8 @@ of each and the ratio (above 1.0: numbaconv is faster). With ``--rss`` it also r
 alone in a subprocess and reports its peak resident memory (numbaconv's with its kernels cached,
 and while compiling them on an empty cache) and the time from process start to
 the end of the first training step (numbaconv with an empty and with a warm Numba cache), and
-the images/s of each library alone in its own process (200 steps after a warm-up). The alone
+the images/s of each library alone in its own process (median of five blocks of 100 steps
+after a warm-up of a second). The alone
 figures matter because importing numbaconv changes two process-wide settings that speed up
 PyTorch too when both share a process: glibc keeps freed memory for reuse (see
 numbaconv/backend/cpu.py) and OpenMP spins for less time (numbaconv/__init__.py).
@@ -206,12 +207,19 @@ else:
         opt.zero_grad(); loss.backward(); opt.step()
 step(*data[0])
 first = time.time() - t_start
-for i in range(20):
+# warm-up of at least a second (fresh memory is faulted in and huge pages assembled over the
+# first steps), then the median of five blocks of 100 steps
+t0, i = time.perf_counter(), 0
+while time.perf_counter() - t0 < 1.0 or i < 20:
     step(*data[i % len(data)])
-t0 = time.perf_counter()
-for i in range(200):
-    step(*data[i % len(data)])
-rate = 200 * bs / (time.perf_counter() - t0)
+    i += 1
+rates = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    for i in range(100):
+        step(*data[i % len(data)])
+    rates.append(100 * bs / (time.perf_counter() - t0))
+rate = sorted(rates)[2]
 # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the (large) parent's pages
 # that this child shared between fork and exec
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
