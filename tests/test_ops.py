@@ -180,6 +180,27 @@ def test_large_matmul_split_between_threads(blas_in_kernel, dtype, monkeypatch):
     assert y.dtype == x.grad.dtype == w.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_add_runs_in_parallel_kernel_exactly(dtype):
+    """Same-shape adds of 2^16 elements and more take a parallel kernel: same values as
+    NumPy (inf and NaN included), same dtype; a transposed operand takes NumPy's path."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((3, 200, 130)).astype(dtype)
+    b = rng.standard_normal((3, 200, 130)).astype(dtype)
+    a[0, 0, :3] = [np.inf, np.nan, -np.inf]
+    b[0, 0, :3] = [-np.inf, 1, -np.inf]
+    A, B = nc.tensor(a, requires_grad=True), nc.tensor(b, requires_grad=True)
+    y = A + B
+    with np.errstate(invalid="ignore"):  # inf - inf
+        expected = a + b
+    np.testing.assert_array_equal(y.numpy(), expected)
+    assert y.dtype == dtype
+    y.sum().backward()
+    np.testing.assert_array_equal(A.grad.numpy(), np.ones_like(a))
+    t = nc.tensor(np.ascontiguousarray(a.transpose(0, 2, 1))).transpose(1, 2)
+    np.testing.assert_array_equal((t + B).numpy(), expected)
+
+
 def test_matmul_shape_errors():
     with pytest.raises(ValueError, match=r"cannot be multiplied \(3 != 4\)"):
         nc.randn(2, 3) @ nc.randn(4, 2)

@@ -21,6 +21,14 @@ def relu(x, out):
 
 
 @njit(**_opts)
+def add(a, b, out):
+    """out[i] = a[i] + b[i] on flat views: large same-shape sums (residual connections, the
+    gradients of a tensor used twice) on both cores, where NumPy's add runs on one."""
+    for i in prange(a.size):
+        out[i] = a[i] + b[i]
+
+
+@njit(**_opts)
 def add_into(dst, src):
     """dst[i] += src[i] on flat views (gradient accumulation into an existing .grad)."""
     for i in prange(dst.size):
