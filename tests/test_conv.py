@@ -180,6 +180,7 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monke
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
     monkeypatch.setitem(blas_k._state, "ready", blas_in_kernel and blas_k.ready())
     monkeypatch.setattr(ck, "_COLUMN_BUDGET", budget)
+    monkeypatch.setattr(ck, "_MIN_COLUMNS", 1)
     for name in ("_use_flat", "_use_flat_input", "_use_flat_params"):
         monkeypatch.setattr(ck, name, lambda *a: False)
     rng = np.random.default_rng(7)
