@@ -28,25 +28,20 @@ _state = {"ready": None}
 
 
 def _find():
-    try:
-        from threadpoolctl import ThreadpoolController
+    from .threads import blas
 
-        libs = ThreadpoolController().select(user_api="blas").lib_controllers
-    except Exception:  # threadpoolctl missing or broken: no direct calls
-        return None
-    for lib in libs:
+    for lib in blas._find():  # the BLAS libraries NumPy loaded, through threadpoolctl
         if lib.internal_api != "openblas":
             continue
         try:
-            handle = ctypes.CDLL(lib.filepath)
+            handle = getattr(lib, "dynlib", None) or ctypes.CDLL(lib.filepath)
         except OSError:
             continue
         for s_name, d_name in _ILP64:
-            try:
-                s, d = getattr(handle, s_name), getattr(handle, d_name)
-            except AttributeError:
-                continue
-            return (ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value)
+            s, d = getattr(handle, s_name, None), getattr(handle, d_name, None)
+            if s is not None and d is not None:
+                return (ctypes.cast(s, ctypes.c_void_p).value,
+                        ctypes.cast(d, ctypes.c_void_p).value)
     return None
 
 

@@ -1096,6 +1096,8 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
     kk, m = plan.kk, plan.m
     w2 = w.reshape(groups, og, kk)
     want_params = need_weight or need_bias
+    # rows of M floats live per image: output-gradient columns, input columns, column gradient
+    chunk = plan.chunk_for(og + (kk + 1 if need_weight else 0) + (kk if need_input else 0))
     if blas_k.ready():  # all on Numba's threads, BLAS called from the kernel
         ranges = _task_ranges(n_img)
         parts = np.zeros((len(ranges) if want_params else 1, groups, kk + 1, og), dtype=dtype)
@@ -1103,23 +1105,17 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         with blas.single_thread():
             gemm_backward(gy3, x if need_weight else dummy, w2, x_shape[1], x_shape[2],
                           x_shape[3], kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, plan.flat,
-                          plan.chunk_for(og + (kk + 1 if need_weight else 0)
-                                         + (kk if need_input else 0)),
-                          ranges, need_input, need_weight, need_bias,
+                          chunk, ranges, need_input, need_weight, need_bias,
                           gx if need_input else dummy, parts)
         if want_params:
-            total = parts.sum(axis=0).transpose(0, 2, 1).reshape(n_out, kk + 1)
-            if need_weight:
-                gw = np.ascontiguousarray(total[:, :kk]).reshape(w.shape)
-            if need_bias:
-                gb = np.ascontiguousarray(total[:, kk])
+            gw, gb = _params_from_parts(parts.sum(axis=0), w.shape, need_weight, need_bias)
         return gx, gw, gb
 
     def work(n0, n1):
-        # this thread's share of [dW | db]: summed over its images, reduced after the join
-        part = np.zeros((groups, og, kk + 1), dtype=dtype) if want_params else None
-        for a in range(n0, n1, plan.chunk):
-            z = min(a + plan.chunk, n1)
+        # this thread's share of [dW | db]^T: summed over its images, reduced after the join
+        part = np.zeros((groups, kk + 1, og), dtype=dtype) if want_params else None
+        for a in range(n0, n1, chunk):
+            z = min(a + chunk, n1)
             xp = plan.padded_input(x, a, z) if need_weight else None
             if need_input:
                 gxp = gx[a:z] if not plan.padded else workspace.get(
@@ -1135,9 +1131,9 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
                     plan.pack(xp, g, cols)
                     tmp = workspace.get("dw", (kk + 1, og), dtype)
                     np.matmul(cols, gyt.T, out=tmp)  # faster than gyt @ cols.T (see above)
-                    part[g] += tmp.T
+                    part[g] += tmp
                 elif need_bias:
-                    part[g, :, kk] += gyt.sum(axis=1)
+                    part[g, kk] += gyt.sum(axis=1)
                 if need_input:
                     gcols = workspace.get("gcols", (kk, (z - a) * m), dtype)
                     np.matmul(w2[g].T, gyt, out=gcols)
@@ -1151,9 +1147,14 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         total = parts[0]
         for p in parts[1:]:
             total += p
-        total = total.reshape(n_out, kk + 1)
-        if need_weight:
-            gw = np.ascontiguousarray(total[:, :kk]).reshape(w.shape)
-        if need_bias:
-            gb = np.ascontiguousarray(total[:, kk])
+        gw, gb = _params_from_parts(total, w.shape, need_weight, need_bias)
     return gx, gw, gb
+
+
+def _params_from_parts(total, w_shape, need_weight, need_bias):
+    """(dW, db) from [dW | db]^T summed over the tasks, (G, C_g*kH*kW + 1, O_g)."""
+    kk = total.shape[1] - 1
+    total = total.transpose(0, 2, 1).reshape(w_shape[0], kk + 1)
+    gw = np.ascontiguousarray(total[:, :kk]).reshape(w_shape) if need_weight else None
+    gb = np.ascontiguousarray(total[:, kk]) if need_bias else None
+    return gw, gb

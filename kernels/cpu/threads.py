@@ -37,7 +37,7 @@ workspace = _Workspace()
 class _Blas:
     def __init__(self):
         self.controllers = None
-        self.fast = None  # [(get, set)] raw OpenBLAS entry points, when all BLAS are OpenBLAS
+        self.knobs = []  # (get, set) of each BLAS's thread count
 
     def _find(self):
         if self.controllers is None:
@@ -47,22 +47,27 @@ class _Blas:
                 self.controllers = ThreadpoolController().select(user_api="blas").lib_controllers
             except Exception:  # threadpoolctl missing or no BLAS found: leave BLAS alone
                 self.controllers = []
-            # entered twice per convolution and matrix product: calling OpenBLAS's own
-            # get/set directly costs ~0.3 us where threadpoolctl's properties cost ~2.5 us
-            try:
-                fast = [(c._get_symbol("openblas_get_num_threads"),
-                         c._get_symbol("openblas_set_num_threads")) for c in self.controllers
-                        if c.internal_api == "openblas" and c.threading_layer != "openmp"]
-                if len(fast) == len(self.controllers) and all(g and s for g, s in fast):
-                    self.fast = fast
-            except Exception:  # a threadpoolctl without these internals: the public API
-                self.fast = None
+            self.knobs = [self._knob(c) for c in self.controllers]
         return self.controllers
+
+    @staticmethod
+    def _knob(c):
+        # entered twice per convolution and matrix product: OpenBLAS's own get/set cost
+        # ~0.3 us where threadpoolctl's properties cost ~2.5 us
+        try:
+            if c.internal_api == "openblas" and c.threading_layer != "openmp":
+                get = c._get_symbol("openblas_get_num_threads")
+                set_ = c._get_symbol("openblas_set_num_threads")
+                if get and set_:
+                    return get, set_
+        except Exception:  # a threadpoolctl without these internals: its public API
+            pass
+        return (lambda: c.num_threads), c.set_num_threads
 
     def single_thread(self):
         """Context manager: BLAS at one thread inside, as before outside."""
         self._find()
-        return _OneThread(self)
+        return _OneThread(self.knobs)
 
     @property
     def controllable(self) -> bool:
@@ -70,29 +75,20 @@ class _Blas:
 
 
 class _OneThread:
-    __slots__ = ("blas", "saved")
+    __slots__ = ("knobs", "saved")
 
-    def __init__(self, blas):
-        self.blas = blas
+    def __init__(self, knobs):
+        self.knobs = knobs
 
     def __enter__(self):
-        if self.blas.fast is not None:
-            self.saved = [get() for get, _ in self.blas.fast]
-            for _, set_ in self.blas.fast:
-                set_(1)
-        else:
-            self.saved = [c.num_threads for c in self.blas.controllers]
-            for c in self.blas.controllers:
-                c.set_num_threads(1)
+        self.saved = [get() for get, _ in self.knobs]
+        for _, set_ in self.knobs:
+            set_(1)
         return self
 
     def __exit__(self, *exc):
-        if self.blas.fast is not None:
-            for (_, set_), n in zip(self.blas.fast, self.saved):
-                set_(n)
-        else:
-            for c, n in zip(self.blas.controllers, self.saved):
-                c.set_num_threads(n)
+        for (_, set_), n in zip(self.knobs, self.saved):
+            set_(n)
         return False
 
 
