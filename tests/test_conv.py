@@ -181,7 +181,7 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monke
     monkeypatch.setitem(blas_k._state, "ready", blas_in_kernel and blas_k.ready())
     monkeypatch.setattr(ck, "_COLUMN_BUDGET", budget)
     monkeypatch.setattr(ck, "_MIN_COLUMNS", 1)
-    for name in ("_use_flat", "_use_flat_input", "_use_flat_params"):
+    for name in ("_use_implicit", "_use_flat", "_use_flat_input", "_use_flat_params"):
         monkeypatch.setattr(ck, name, lambda *a: False)
     rng = np.random.default_rng(7)
     cases = [((5, 6, 9, 8), (8, 3, 3, 3), (1, 1), (1, 1), (1, 1), 2),   # flat layout, groups
@@ -210,6 +210,68 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monke
             if need[2]:
                 np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=tol, atol=tol * 10)
             assert all(a is None or a.dtype == dtype for a in (gx, gw, gb))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_implicit_gemm_path_matches_reference(dtype, monkeypatch):
+    """The implicit-GEMM path (one BLAS product per tap on the shifted padded planes), forward
+    and input gradient, forced for every stride-1 case: padded or read in place, with and
+    without junk columns, dilated, grouped, one image or several per task."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import conv as ck
+
+    if not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    calls = []
+    kernel = ck.implicit_forward
+
+    def counting(*a):
+        calls.append(a[0].shape)
+        return kernel(*a)
+
+    monkeypatch.setattr(ck, "implicit_forward", counting)
+    monkeypatch.setattr(ck, "_use_implicit", lambda stride, cg, og: stride == (1, 1))
+    rng = np.random.default_rng(11)
+    cases = [((5, 8, 9, 8), (6, 8, 3, 3), (1, 1), (1, 1), 1),    # padded, junk columns
+             ((3, 4, 10, 11), (6, 2, 3, 2), (2, 0), (1, 2), 2),  # asymmetric padding, dilation
+             ((4, 8, 7, 6), (16, 8, 1, 1), (0, 0), (1, 1), 1),   # 1x1: in place, no junk
+             ((2, 6, 7, 6), (4, 6, 3, 1), (1, 0), (1, 1), 1),    # kx1 padded: no junk
+             ((3, 5, 8, 9), (7, 5, 3, 4), (0, 0), (1, 1), 1),    # in place, junk columns
+             ((1, 6, 6, 6), (4, 6, 5, 5), (2, 2), (1, 1), 1),    # one image
+             ((2, 6, 9, 9), (3, 6, 3, 3), (3, 1), (2, 1), 1)]    # padding up to d*(k-1)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for xs, ws, p, d, g in cases:
+        x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(ws[0]).astype(dtype)
+        args = ((1, 1), p, d, g)
+        calls.clear()
+        y = ck.conv2d_forward(x, w, b, *args)
+        assert calls == [x.shape]
+        np.testing.assert_allclose(y, R.conv2d(x, w, b, *args), rtol=tol, atol=tol)
+        y0 = ck.conv2d_forward(x, w, None, *args)
+        np.testing.assert_allclose(y0, R.conv2d(x, w, None, *args), rtol=tol, atol=tol)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gx_ref = R.conv2d_grad_input(gy, w, x.shape, *args)
+        gw_ref = R.conv2d_grad_weight(gy, x, w.shape, *args)
+        for need in [(True, True, True), (True, False, False), (True, False, True)]:
+            calls.clear()
+            gx, gw, gb = ck.conv2d_backward(gy, x if need[1] else None, w, *args, *need,
+                                            x_shape=x.shape)
+            assert calls == [gy.shape]
+            np.testing.assert_allclose(gx, gx_ref, rtol=tol, atol=tol * 10)
+            if need[1]:
+                np.testing.assert_allclose(gw, gw_ref, rtol=tol, atol=tol * 10)
+            if need[2]:
+                np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=tol, atol=tol * 10)
+            assert all(a is None or a.dtype == dtype for a in (gx, gw, gb))
+    # a transposed convolution's output_padding adds rows that no input reaches: the input
+    # gradient then takes another path, and is still right
+    x = rng.standard_normal((2, 4, 5, 5)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    y = ck.conv2d_backward(x, None, w, (1, 1), (1, 1), (2, 2), 1, True, False, False,
+                           x_shape=(2, 3, 8, 8))[0]
+    np.testing.assert_allclose(y, R.conv_transpose2d(x, w, None, (1, 1), (1, 1), (1, 1), 1,
+                                                     (2, 2)), rtol=tol, atol=tol)
 
 
 def test_transposed_conv_with_output_padding_at_stride_1():

@@ -380,6 +380,71 @@ def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
                         unpad_into(gxp, a, g * cg, cg, ph, pw, gx)
 
 
+@njit(**_opts)
+def implicit_forward(x, wt, bias, has_bias, kh, kw, ph, pw, dh, dw, ranges, y3):
+    """Stride-1 convolution as kH*kW GEMMs per image with no packed columns ("implicit GEMM").
+
+    In the flat layout (see above) tap (i, j) of a group's C_g input channels is the padded
+    image shifted by i*dh*Wp + j*dw: a matrix BLAS reads in place (C_g rows, one plane apart),
+    so Y_g = sum over taps of wt[g, i*kW + j] @ shifted planes, accumulated in one buffer;
+    ``wt`` is (G, kH*kW, O_g, C_g). Task t does the images ranges[t]; only the padding copy and
+    the unpacking of the junk columns move data outside BLAS (without padding the input is
+    read in place, and 1x1 products are the output already)."""
+    n_img, n_in, h, wd = x.shape
+    groups, taps, og, cg = wt.shape
+    n_out = groups * og
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    oh_n, ow_n = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    plane = hp * wp
+    m = (oh_n - 1) * wp + ow_n
+    padded = ph > 0 or pw > 0
+    dense = wp == ow_n  # no junk columns
+    zero = x.dtype.type(0)
+    for t in prange(ranges.shape[0]):
+        xp = np.zeros(n_in * plane if padded else 1, dtype=x.dtype)  # borders stay zero
+        out = np.empty(1 if dense else og * m, dtype=x.dtype)
+        for n in range(ranges[t, 0], ranges[t, 1]):
+            if padded:
+                for c in range(n_in):
+                    for r in range(h):
+                        dst = _u(c * plane + (r + ph) * wp + pw)
+                        row = x[n, c, r]
+                        for s in range(_u(wd)):
+                            xp[dst + s] = row[s]
+            for g in range(groups):
+                y_off = (n * n_out + g * og) * m
+                for tap in range(taps):
+                    shift = (tap // kw) * dh * wp + (tap % kw) * dw
+                    beta = 0 if tap == 0 else 1
+                    w_off = (g * taps + tap) * og * cg
+                    x_off = g * cg * plane + shift
+                    if padded and dense:
+                        _gemm_at(False, False, og, m, cg, wt, w_off, cg, xp, x_off, plane, beta,
+                                 y3, y_off, m)
+                    elif padded:
+                        _gemm_at(False, False, og, m, cg, wt, w_off, cg, xp, x_off, plane, beta,
+                                 out, 0, m)
+                    elif dense:
+                        _gemm_at(False, False, og, m, cg, wt, w_off, cg, x,
+                                 n * n_in * plane + x_off, plane, beta, y3, y_off, m)
+                    else:
+                        _gemm_at(False, False, og, m, cg, wt, w_off, cg, x,
+                                 n * n_in * plane + x_off, plane, beta, out, 0, m)
+                for o in range(og):
+                    b = bias[g * og + o] if has_bias else zero
+                    dst = y3[n, g * og + o]
+                    if dense:
+                        if has_bias:
+                            for q in range(_u(m)):
+                                dst[q] += b
+                        continue
+                    for r in range(oh_n):
+                        src = _u(o * m + r * wp)
+                        d0 = _u(r * ow_n)
+                        for s in range(_u(ow_n)):
+                            dst[d0 + s] = out[src + s] + b
+
+
 @njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
 def bias_grad(gy, db):
     """db[o] = sum over n, p of gy[n, o, p] (gy viewed as N, C, L); blocked per image."""
@@ -916,6 +981,53 @@ def _flat_input(gy, w, ph, pw, dh, dw, groups, gx):
         flat_grad_input(gy, w, ph, pw, dh, dw, groups, gx)
 
 
+def _use_implicit(stride, cg, og):
+    """Stride-1 convolutions with 8+ input and 4+ output channels per group run as implicit
+    GEMMs (implicit_forward), forward and input gradient, where NumPy's BLAS can be called from
+    a kernel. Against im2col + GEMM and the flat kernels, forward, 2 threads: 3x3 16->16 at
+    28x28 and 32x32 1.3x faster, 32->32 at 14x14 and 16x16 1.6-2.7x, 64->64 at 7x7 and 8x8
+    1.1-1.3x, 1x1 64->128 1.4x; input gradient 1.2-1.3x. With fewer input channels BLAS's
+    inner dimension (C_g per tap) is too short: 4->64 at 32x32 runs 1.1x slower, 3->64 1.5x."""
+    return stride == (1, 1) and cg >= 8 and og >= 4 and blas_k.ready()
+
+
+def _implicit_conv(x, w, b, padding, dilation, groups, y):
+    """y = conv2d(x, w) + b at stride 1 by implicit_forward (see there)."""
+    n_out, cg, kh, kw = w.shape
+    og = n_out // groups
+    wt = np.ascontiguousarray(w.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 1, 2)
+                              .reshape(groups, kh * kw, og, cg))
+    has_bias = b is not None
+    bias = np.ascontiguousarray(b) if has_bias else np.zeros(1, x.dtype)
+    n_img = x.shape[0]
+    with blas.single_thread():
+        implicit_forward(x, wt, bias, has_bias, kh, kw, padding[0], padding[1], dilation[0],
+                         dilation[1], _task_ranges(n_img),
+                         y.reshape(n_img, n_out, y.shape[2] * y.shape[3]))
+    return y
+
+
+def _implicit_input(gy, w, padding, dilation, groups, gx):
+    """The input gradient of a stride-1 convolution, as the forward convolution of the output
+    gradient with the flipped, channel-swapped kernel (see _flat_input), by implicit_forward.
+    False (gx untouched) where that convolution does not give it exactly."""
+    n_out, cg, kh, kw = w.shape
+    (ph, pw), (dh, dw) = padding, dilation
+    qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    exact = (gx.shape[2] == gy.shape[2] + 2 * qh - dh * (kh - 1)
+             and gx.shape[3] == gy.shape[3] + 2 * qw - dw * (kw - 1))
+    if not (exact and qh >= 0 and qw >= 0):
+        return False
+    og = n_out // groups
+    wt = np.ascontiguousarray(w.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1]
+                              .transpose(0, 3, 4, 2, 1).reshape(groups, kh * kw, cg, og))
+    n_img = gy.shape[0]
+    with blas.single_thread():
+        implicit_forward(gy, wt, np.zeros(1, gy.dtype), False, kh, kw, qh, qw, dh, dw,
+                         _task_ranges(n_img), gx.reshape(n_img, gx.shape[1], -1))
+    return True
+
+
 def _use_flat_params(stride, cg, og, n_img, n_threads):
     return (stride == (1, 1) and n_img >= n_threads and og * cg <= 256
             and (cg % 4 == 0 or cg == 1))
@@ -1000,6 +1112,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     y = np.empty((n_img, n_out, oh_n, ow_n), dtype=x.dtype)
     if y.size == 0:
         return y
+    if _use_implicit(stride, cg, og):
+        return _implicit_conv(x, w, b, padding, dilation, groups, y)
     n_threads, junk = numba.get_num_threads(), _flat_junk(x.shape, w.shape, padding, dilation)
     direct = _use_direct(cg, og, stride, n_img, n_threads, junk)
     if direct or _use_flat(stride, cg, og, kh, kw, n_img, n_threads, junk):
@@ -1063,6 +1177,12 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         gx = np.zeros(x_shape, dtype) if need_input else None
         return (gx, np.zeros(w.shape, dtype) if need_weight else None,
                 np.zeros(n_out, dtype) if need_bias else None)
+    if need_input and _use_implicit(stride, cg, og) and _implicit_input(gy, w, padding, dilation,
+                                                                        groups, gx):
+        if need_weight or need_bias:
+            gw, gb = conv2d_backward(gy, x, w, stride, padding, dilation, groups, False,
+                                     need_weight, need_bias, x_shape)[1:]
+        return gx, gw, gb
     n_threads = numba.get_num_threads()
     if _use_direct(cg, og, stride, n_img, n_threads,
                    _flat_junk(x_shape, w.shape, padding, dilation)):
