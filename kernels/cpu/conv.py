@@ -1,19 +1,26 @@
 """2-D convolution (cross-correlation, NCHW) and its gradients on the CPU.
 
-Three strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backward` (the
-measurements behind the choice are beside :func:`_use_flat`):
+Four strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backward` (the
+measurements behind the choice are beside :func:`_use_implicit` and :func:`_use_flat`):
 
-* **flat direct kernels** (stride 1, few channels: LeNet, the first stage of ResNets).
+* **implicit GEMM** (stride 1 with 8+ input channels per group: VGG, ResNet and Inception
+  layers, forward and input gradient). With stride 1 the input of tap (i, j) for all output
+  positions is the padded image shifted by i*dh*Wp + j*dw (the "flat" layout, see below), so
+  each tap is one BLAS product read in place from the padded planes, accumulated over the taps:
+  no packed columns at all. The input gradient is the same forward convolution of the output
+  gradient with the flipped kernel.
+* **flat direct kernels** (stride 1, few channels: LeNet, depthwise layers).
   One ``prange`` task per image pads it into a small plane; output unit q reads tap (i, j) at
   ``q + i*dh*Wp + j*dw`` of the flattened plane, so every tap is one long contiguous
   multiply-add, done for four output channels and three taps per pass. The input gradient is the
   same forward kernel run on the output gradient with the flipped, channel-swapped kernel; the
   weight gradient sums twelve dot products per pass into per-task partials.
-* **im2col + BLAS** (wider layers, strides). One ``prange`` task per thread takes a contiguous
-  range of images; it packs a chunk of them at a time into a ``(C_g*kH*kW + 1, chunk*M)``
-  column matrix small enough to stay in its L2 cache, multiplies it by ``[W | b]`` with NumPy's
-  own single-threaded BLAS, called from inside the kernel (see ``blas.py``; the ones row adds
-  the bias), and unpacks the result to NCHW. With stride 1 every packed row is one contiguous
+* **im2col + BLAS** (strided layers, weight gradients, anything when implicit GEMM cannot call
+  BLAS). One ``prange`` task per thread takes a contiguous range of images; it packs a chunk of
+  them at a time into a ``(C_g*kH*kW + 1, chunk*M)`` column matrix small enough to stay in its
+  L2 cache, multiplies it by ``[W | b]`` with NumPy's own single-threaded BLAS, called from
+  inside the kernel (see ``blas.py``; the ones row adds the bias), and unpacks the result to
+  NCHW. With stride 1 every packed row is one contiguous
   slice of the padded plane (the "flat" layout, see below); otherwise rows are strided gathers.
   Backward packs the output gradient the same way, accumulates ``[dW | db]`` per task (summed
   after the kernel: no shared writes) and scatters the column gradient back with col2im, each
@@ -986,7 +993,7 @@ def _use_implicit(stride, cg, og):
     GEMMs (implicit_forward), forward and input gradient, where NumPy's BLAS can be called from
     a kernel. Against im2col + GEMM and the flat kernels, forward, 2 threads: 3x3 16->16 at
     28x28 and 32x32 1.3x faster, 32->32 at 14x14 and 16x16 1.6-2.7x, 64->64 at 7x7 and 8x8
-    1.1-1.3x, 1x1 64->128 1.4x; input gradient 1.2-1.3x. With fewer input channels BLAS's
+    1.1-1.3x, 1x1 64->128 1.4x; input gradient 1.1-1.3x. With fewer input channels BLAS's
     inner dimension (C_g per tap) is too short: 4->64 at 32x32 runs 1.1x slower, 3->64 1.5x."""
     return stride == (1, 1) and cg >= 8 and og >= 4 and blas_k.ready()
 
