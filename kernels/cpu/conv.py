@@ -1043,9 +1043,10 @@ def _use_flat_params(stride, cg, og, n_img, n_threads):
 # Floats of packed columns (and of the other buffers live with them) per GEMM: a quarter of the
 # 1 MiB L2 cache, so that OpenBLAS's own packed panels fit beside them (LeNet-5 steps 5-9%
 # faster than with the whole L2), but at least _MIN_COLUMNS columns (with fewer, BLAS runs
-# slowly: the 64-channel 8x8 layer 1.2x slower at one image per product).
+# slowly: the 64-channel 8x8 layer 1.2x slower at one image per product; with 256, ResNet-mini's
+# 16->32 stride-2 layer, 196 columns per image, ran its forward 1.25x slower in pairs).
 _COLUMN_BUDGET = 1 << 16
-_MIN_COLUMNS = 256
+_MIN_COLUMNS = 192
 
 
 class _Plan:
