@@ -122,6 +122,7 @@ def test_batchnorm_dropout_and_rng_on_device():
     x = r(4, 3, 2, 2)
     bn_c, bn_g = nn.BatchNorm2d(3), nn.BatchNorm2d(3).to("cuda")
     _check(lambda t: (bn_c if t.device == "cpu" else bn_g)(t), [x])
+    _check(lambda t: (bn_c if t.device == "cpu" else bn_g)(t, _relu=True), [x])  # fused ReLU
     np.testing.assert_allclose(bn_g.running_var.numpy(), bn_c.running_var.numpy(), rtol=1e-5)
     bn_c.eval()
     bn_g.eval()

@@ -224,6 +224,35 @@ def test_cross_entropy_spatial_and_nll_mse():
                  lambda a: torch.nn.functional.mse_loss(a, torch.tensor(y)), [y * 2])
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_fused_relu_matches_batchnorm_then_relu(train):
+    """BatchNorm2d(x, _relu=True) (ReLU fused in the forward and its mask in the backward
+    kernel) equals relu(bn(x)) in values and in the gradients of x, weight and bias, where
+    many outputs are exactly zero; float64 passes a gradient check too."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 3, 4, 6)).astype(np.float32)
+    x[:, :, 0, :2] = 0  # ties at the ReLU's kink: no gradient there, as in PyTorch
+    grads = []
+    for fused in (True, False):
+        nc.manual_seed(0)
+        bn = nn.BatchNorm2d(3)
+        bn.weight.data[:] = np.array([1.5, -0.5, 1.0], np.float32)
+        bn.bias.data[:] = np.array([0.2, 0.1, -0.3], np.float32)
+        bn.train(train)
+        t = nc.tensor(x, requires_grad=True)
+        y = bn(t, _relu=True) if fused else F.relu(bn(t))
+        (y * nc.tensor(np.arange(y.numel(), dtype=np.float32).reshape(y.shape) % 7)).sum() \
+            .backward()
+        grads.append((y.numpy(), t.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy()))
+    assert (grads[0][0] == 0).mean() > 0.2
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    bn64 = nn.BatchNorm2d(3).to(dtype=nc.float64)
+    bn64.train(train)
+    x64 = nc.tensor(rng.standard_normal((3, 3, 2, 2)) + 0.3, requires_grad=True)
+    nc.gradcheck(lambda t: bn64(t, _relu=True), (x64,))
+
+
 def test_float64_layers_gradcheck():
     nc.manual_seed(0)
     bn = nn.BatchNorm2d(2).to(dtype=nc.float64)

@@ -65,40 +65,57 @@ def normalize(x, mean, invstd, weight, bias, relu, y):
 
 
 @njit(**_opts)
-def batch_norm_backward(g, x, mean, invstd, weight, training, gx, gw, gb):
+def batch_norm_backward(g, x, mean, invstd, weight, training, relu, y, gx, gw, gb):
+    """Gradients of y = (x - mean) * invstd * weight + bias per channel. With ``relu`` the
+    forward was fused with a ReLU whose output is ``y``: the incoming gradient passes only
+    where y > 0, applied here on the fly instead of in a separate pass."""
     n_img, n_ch, m = x.shape
     count = x.dtype.type(n_img * m)
+    zero = x.dtype.type(0)
     for c in prange(n_ch):
         mu, inv = mean[c], invstd[c]
-        sg = x.dtype.type(0)
-        sgx = x.dtype.type(0)
+        sg = zero
+        sgx = zero
         for n in range(n_img):
             g_row = g[n, c]
             x_row = x[n, c]
-            a1 = x.dtype.type(0)
-            a2 = x.dtype.type(0)
-            for p in range(_u(m)):
-                a1 += g_row[p]
-                a2 += g_row[p] * (x_row[p] - mu)
+            a1 = zero
+            a2 = zero
+            if relu:
+                y_row = y[n, c]
+                for p in range(_u(m)):
+                    gv = g_row[p] if y_row[p] > zero else zero
+                    a1 += gv
+                    a2 += gv * (x_row[p] - mu)
+            else:
+                for p in range(_u(m)):
+                    a1 += g_row[p]
+                    a2 += g_row[p] * (x_row[p] - mu)
             sg += a1
             sgx += a2
         sgx *= inv  # sum(g * xhat)
         gw[c] = sgx
         gb[c] = sg
         k = weight[c] * inv
-        if training:
-            mean_g = sg / count
-            proj = sgx / count
-            for n in range(n_img):
-                g_row = g[n, c]
-                x_row = x[n, c]
-                d_row = gx[n, c]
+        mean_g = sg / count if training else zero
+        proj = sgx / count if training else zero
+        for n in range(n_img):
+            g_row = g[n, c]
+            x_row = x[n, c]
+            d_row = gx[n, c]
+            if relu:
+                y_row = y[n, c]
+                if training:
+                    for p in range(_u(m)):
+                        gv = g_row[p] if y_row[p] > zero else zero
+                        d_row[p] = k * (gv - mean_g - (x_row[p] - mu) * inv * proj)
+                else:
+                    for p in range(_u(m)):
+                        d_row[p] = k * g_row[p] if y_row[p] > zero else zero
+            elif training:
                 for p in range(_u(m)):
                     xhat = (x_row[p] - mu) * inv
                     d_row[p] = k * (g_row[p] - mean_g - xhat * proj)
-        else:
-            for n in range(n_img):
-                g_row = g[n, c]
-                d_row = gx[n, c]
+            else:
                 for p in range(_u(m)):
                     d_row[p] = k * g_row[p]

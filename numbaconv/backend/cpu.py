@@ -450,12 +450,14 @@ class CPUBackend:
         norm_k.normalize(np.ascontiguousarray(x3), mean, invstd, weight, bias, bool(relu), y)
         return y
 
-    def batch_norm_backward(self, g3, x3, mean, invstd, weight, training):
+    def batch_norm_backward(self, g3, x3, mean, invstd, weight, training, relu_out=None):
         gx = np.empty(x3.shape, dtype=x3.dtype)
         gw = np.empty(x3.shape[1], dtype=x3.dtype)
         gb = np.empty(x3.shape[1], dtype=x3.dtype)
+        relu = relu_out is not None  # ReLU's backward fused in (one pass less)
+        y = np.ascontiguousarray(relu_out) if relu else gx[:1]
         norm_k.batch_norm_backward(np.ascontiguousarray(g3), np.ascontiguousarray(x3), mean,
-                                   invstd, weight, bool(training), gx, gw, gb)
+                                   invstd, weight, bool(training), relu, y, gx, gw, gb)
         return gx, gw, gb
 
     def dropout_mask(self, shape, p, dtype):

@@ -740,7 +740,9 @@ class CUDABackend:
                   bool(relu), y)
         return y
 
-    def batch_norm_backward(self, g3, x3, mean, invstd, weight, training):
+    def batch_norm_backward(self, g3, x3, mean, invstd, weight, training, relu_out=None):
+        if relu_out is not None:
+            g3 = self.activation_backward("relu", self.ascontiguous(g3), relu_out)
         c = x3.shape[1]
         sg = self._empty((c,), x3.dtype)
         sgx = self._empty((c,), x3.dtype)

@@ -109,9 +109,8 @@ class BatchNorm(Function):
         x3, w = self.saved
         mean, invstd, training, shape = self.stats
         g3 = be.reshape(g, x3.shape)
-        if getattr(self, "relu_out", None) is not None:
-            g3 = be.activation_backward("relu", be.ascontiguous(g3), self.relu_out)
-        gx, gw, gb = be.batch_norm_backward(g3, x3, mean, invstd, w, training)
+        gx, gw, gb = be.batch_norm_backward(g3, x3, mean, invstd, w, training,
+                                            relu_out=getattr(self, "relu_out", None))
         return be.reshape(gx, shape), gw, gb
 
 
