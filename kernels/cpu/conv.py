@@ -396,16 +396,24 @@ def implicit_forward(x, wt, bias, has_bias, kh, kw, ph, pw, dh, dw, ranges, y3):
     so Y_g = sum over taps of wt[g, i*kW + j] @ shifted planes, accumulated in one buffer;
     ``wt`` is (G, kH*kW, O_g, C_g). Task t does the images ranges[t]; only the padding copy and
     the unpacking of the junk columns move data outside BLAS (without padding the input is
-    read in place, and 1x1 products are the output already)."""
+    read in place, and 1x1 products are the output already).
+
+    The padded rows share their padding columns: each row is [pw zeros | W values], and the
+    right-hand taps of a row's last outputs read the next row's leading zeros (and, after the
+    last row, pw more). With rows Wp - pw apart instead of Wp, every GEMM has pw fewer junk
+    columns per output row (3x3 on 7x7 maps: 55 columns per image instead of 61, for 49
+    outputs). This needs pw <= dw*(kW-1), which the input gradient's padding always meets."""
     n_img, n_in, h, wd = x.shape
     groups, taps, og, cg = wt.shape
     n_out = groups * og
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    oh_n, ow_n = hp - dh * (kh - 1), wp - dw * (kw - 1)
-    plane = hp * wp
-    m = (oh_n - 1) * wp + ow_n
+    hp = h + 2 * ph
+    oh_n, ow_n = hp - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
+    shared = pw <= dw * (kw - 1)
+    pitch = wd + pw if shared else wd + 2 * pw  # floats from one padded row to the next
+    plane = hp * pitch + (pw if shared else 0)
+    m = (oh_n - 1) * pitch + ow_n
     padded = ph > 0 or pw > 0
-    dense = wp == ow_n  # no junk columns
+    dense = pitch == ow_n  # no junk columns
     zero = x.dtype.type(0)
     for t in prange(ranges.shape[0]):
         xp = np.zeros(n_in * plane if padded else 1, dtype=x.dtype)  # borders stay zero
@@ -414,14 +422,14 @@ def implicit_forward(x, wt, bias, has_bias, kh, kw, ph, pw, dh, dw, ranges, y3):
             if padded:
                 for c in range(n_in):
                     for r in range(h):
-                        dst = _u(c * plane + (r + ph) * wp + pw)
+                        dst = _u(c * plane + (r + ph) * pitch + pw)
                         row = x[n, c, r]
                         for s in range(_u(wd)):
                             xp[dst + s] = row[s]
             for g in range(groups):
                 y_off = (n * n_out + g * og) * m
                 for tap in range(taps):
-                    shift = (tap // kw) * dh * wp + (tap % kw) * dw
+                    shift = (tap // kw) * dh * pitch + (tap % kw) * dw
                     beta = 0 if tap == 0 else 1
                     w_off = (g * taps + tap) * og * cg
                     x_off = g * cg * plane + shift
@@ -446,7 +454,7 @@ def implicit_forward(x, wt, bias, has_bias, kh, kw, ph, pw, dh, dw, ranges, y3):
                                 dst[q] += b
                         continue
                     for r in range(oh_n):
-                        src = _u(o * m + r * wp)
+                        src = _u(o * m + r * pitch)
                         d0 = _u(r * ow_n)
                         for s in range(_u(ow_n)):
                             dst[d0 + s] = out[src + s] + b
