@@ -212,11 +212,13 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monke
             assert all(a is None or a.dtype == dtype for a in (gx, gw, gb))
 
 
+@pytest.mark.parametrize("trans", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_implicit_gemm_path_matches_reference(dtype, monkeypatch):
+def test_implicit_gemm_path_matches_reference(dtype, trans, monkeypatch):
     """The implicit-GEMM path (one BLAS product per tap on the shifted padded planes), forward
     and input gradient, forced for every stride-1 case: padded or read in place, with and
-    without junk columns, dilated, grouped, one image or several per task."""
+    without junk columns, dilated, grouped, one image or several per task; with the products
+    computed plainly and transposed."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
 
@@ -231,6 +233,7 @@ def test_implicit_gemm_path_matches_reference(dtype, monkeypatch):
 
     monkeypatch.setattr(ck, "implicit_forward", counting)
     monkeypatch.setattr(ck, "_use_implicit", lambda stride, cg, og: stride == (1, 1))
+    monkeypatch.setattr(ck, "_implicit_trans", lambda og: trans)
     rng = np.random.default_rng(11)
     cases = [((5, 8, 9, 8), (6, 8, 3, 3), (1, 1), (1, 1), 1),    # padded, junk columns
              ((3, 4, 10, 11), (6, 2, 3, 2), (2, 0), (1, 2), 2),  # asymmetric padding, dilation
