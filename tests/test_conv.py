@@ -233,7 +233,7 @@ def test_implicit_gemm_path_matches_reference(dtype, trans, monkeypatch):
 
     monkeypatch.setattr(ck, "implicit_forward", counting)
     monkeypatch.setattr(ck, "_use_implicit", lambda stride, cg, og: stride == (1, 1))
-    monkeypatch.setattr(ck, "_implicit_trans", lambda og: trans)
+    monkeypatch.setattr(ck, "_implicit_trans", lambda *a: trans)
     rng = np.random.default_rng(11)
     cases = [((5, 8, 9, 8), (6, 8, 3, 3), (1, 1), (1, 1), 1),    # padded, junk columns
              ((3, 4, 10, 11), (6, 2, 3, 2), (2, 0), (1, 2), 2),  # asymmetric padding, dilation

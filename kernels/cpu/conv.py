@@ -1021,19 +1021,21 @@ def _use_implicit(stride, cg, og):
     return stride == (1, 1) and cg >= 8 and og >= 4 and blas_k.ready()
 
 
-def _implicit_trans(og):
+def _implicit_trans(og, kw, pw, dw):
     """Whether implicit_forward computes its products transposed for ``og`` outputs per
     group: per-tap OpenBLAS products at 3x3 (single thread), plain vs transposed, GFLOP/s:
     64->64 on 7x7 maps 183 vs 248, 32->32 on 14x14 221 vs 250, 64->128 187 vs 255, 48->48
-    203 vs 217; but 16->16 on 28x28 208 vs 168, 24->24 203 vs 126."""
-    return og >= 32 and og % 16 == 0
+    203 vs 217; but 16->16 on 28x28 208 vs 168, 24->24 203 vs 126. Not where the plain
+    product has no junk columns (kW = 1, or pw = dw*(kW-1)): it is the output already, and
+    unpacking the transposed one made 1x1 64->128 1.8x slower."""
+    return og >= 32 and og % 16 == 0 and kw > 1 and pw != dw * (kw - 1)
 
 
 def _implicit_conv(x, w, b, padding, dilation, groups, y):
     """y = conv2d(x, w) + b at stride 1 by implicit_forward (see there)."""
     n_out, cg, kh, kw = w.shape
     og = n_out // groups
-    trans = _implicit_trans(og)
+    trans = _implicit_trans(og, kw, padding[1], dilation[1])
     wt = np.ascontiguousarray(w.reshape(groups, og, cg, kh, kw)
                               .transpose((0, 3, 4, 2, 1) if trans else (0, 3, 4, 1, 2))
                               .reshape((groups, kh * kw) + ((cg, og) if trans else (og, cg))))
@@ -1060,7 +1062,7 @@ def _implicit_input(gy, w, padding, dilation, groups, gx):
         return False
     og = n_out // groups
     # this convolution has C_g outputs and O_g inputs per group
-    trans = _implicit_trans(cg)
+    trans = _implicit_trans(cg, kw, qw, dw)
     wt = np.ascontiguousarray(w.reshape(groups, og, cg, kh, kw)[:, :, :, ::-1, ::-1]
                               .transpose((0, 3, 4, 1, 2) if trans else (0, 3, 4, 2, 1))
                               .reshape((groups, kh * kw) + ((og, cg) if trans else (cg, og))))
