@@ -200,6 +200,52 @@ def unpad_into(gxp, n0, c0, cg, ph, pw, gx):
                     dst[b] = src[_u(pw) + b]
 
 
+@njit(cache=True, inline="always")
+def _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw):
+    """(pitch, plane, M) of the flat layout of a stride-1 convolution's padded planes: floats
+    from one padded row to the next, per plane, and columns per image (output rows ``pitch``
+    apart). The rows share their padding columns where pw <= dw*(kW-1): each row is [pw zeros |
+    W values], the right-hand taps of a row's last outputs read the next row's leading zeros,
+    and pw more zeros follow the last row; so every output row has pw fewer junk columns (3x3
+    on 7x7 maps: 55 columns per image instead of 61, for 49 outputs)."""
+    hp = h + 2 * ph
+    oh_n, ow_n = hp - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
+    shared = pw <= dw * (kw - 1)
+    pitch = wd + pw if shared else wd + 2 * pw
+    plane = hp * pitch + (pw if shared else 0)
+    return pitch, plane, (oh_n - 1) * pitch + ow_n
+
+
+@njit(**_serial)
+def pad_flat_into(x, n0, n1, ph, pw, pitch, xq3):
+    """xq3[n-n0, c] = x[n, c] in the flat padded layout of _flat_geometry. Writes the values
+    only: the padding must be zero already (it is never written)."""
+    h, wd = x.shape[2], x.shape[3]
+    for n in range(n0, n1):
+        for c in range(x.shape[1]):
+            dst = xq3[n - n0, c]
+            for r in range(h):
+                d0 = _u((r + ph) * pitch + pw)
+                row = x[n, c, r]
+                for s in range(_u(wd)):
+                    dst[d0 + s] = row[s]
+
+
+@njit(**_serial)
+def unpad_flat_into(gxq3, n0, c0, cg, ph, pw, pitch, gx):
+    """gx[n0+n, c] for c in c0 .. c0+cg-1 from the flat padded layout (what lands on the
+    padding is dropped)."""
+    h, wd = gx.shape[2], gx.shape[3]
+    for n in range(gxq3.shape[0]):
+        for c in range(c0, c0 + cg):
+            src = gxq3[n, c]
+            for r in range(h):
+                s0 = _u((r + ph) * pitch + pw)
+                row = gx[n0 + n, c, r]
+                for s in range(_u(wd)):
+                    row[s] = src[s0 + s]
+
+
 @njit(**_serial)
 def columns_to_nchw(out, n0, o0, pitch, m, oh_n, ow_n, y3):
     """y3[n0+n, o0+o, oh*W_out+ow] = out[o, n*M + oh*pitch + ow] (pitch = Wp or W_out)."""
@@ -280,16 +326,6 @@ def matmul_rows(a, trans_a, b, trans_b, ranges, out):
                  a.shape[1], b, 0, b.shape[1], 0, out, r0 * n, n)
 
 
-@njit(**_serial)
-def _pack(xp, g, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, flat, m, cols):
-    nb, n_in, hp, wp = xp.shape
-    if flat:
-        im2col_flat(xp.reshape((nb, n_in, hp * wp)), g * cg, cg, kh, kw, dh, dw, wp, m, cols,
-                    True)
-    else:
-        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, cols, True)
-
-
 @njit(**_opts)
 def gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat, chunk, ranges, y3):
     """im2col + GEMM forward: task t packs chunks of its images ranges[t] and multiplies them
@@ -298,24 +334,34 @@ def gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat, chu
     groups, og, kk1 = w_aug.shape
     cg = n_in // groups
     hp, wp = h + 2 * ph, wd + 2 * pw
-    pitch = wp if flat else ow_n
-    m = (oh_n - 1) * wp + ow_n if flat else oh_n * ow_n
+    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
+    if not flat:
+        pitch, plane, m = ow_n, hp * wp, oh_n * ow_n
     dense = pitch == ow_n
     padded = ph > 0 or pw > 0
     for t in prange(ranges.shape[0]):
-        xp_buf = np.empty(chunk * n_in * hp * wp if padded else 1, dtype=x.dtype)
+        # the padded images (flat: their zeros are written once, here)
+        xp_buf = np.zeros(chunk * n_in * plane if padded else 1, dtype=x.dtype)
         col_buf = np.empty(kk1 * chunk * m, dtype=x.dtype)
         out_buf = np.empty(og * chunk * m, dtype=x.dtype)
         for a in range(ranges[t, 0], ranges[t, 1], chunk):
             z = min(a + chunk, ranges[t, 1])
             nb = z - a
             xp = x[a:z]
-            if padded:
+            xq = x[a:z].reshape((nb, n_in, h * wd))
+            if padded and flat:
+                xq = xp_buf[:nb * n_in * plane].reshape((nb, n_in, plane))
+                pad_flat_into(x, a, z, ph, pw, pitch, xq)
+            elif padded:
                 xp = xp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
                 pad_into(x, a, z, ph, pw, xp)
             cols = col_buf[:kk1 * nb * m].reshape((kk1, nb * m))
             for g in range(groups):
-                _pack(xp, g, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, flat, m, cols)
+                if flat:
+                    im2col_flat(xq, g * cg, cg, kh, kw, dh, dw, pitch, m, cols, True)
+                else:
+                    im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, cols,
+                                   True)
                 if dense and nb == 1:  # the product is this image's output already
                     _gemm(False, False, w_aug[g], cols, 0, y3[a, g * og:(g + 1) * og])
                 else:
@@ -336,8 +382,11 @@ def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
     kk1 = kk + 1
     cg = n_in // groups
     hp, wp = h + 2 * ph, wd + 2 * pw
-    pitch = wp if flat else ow_n
-    m = (oh_n - 1) * wp + ow_n if flat else oh_n * ow_n
+    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
+    if flat:  # the input gradient's rows beyond the output (output_padding) are not reached
+        m = (oh_n - 1) * pitch + ow_n
+    else:
+        pitch, plane, m = ow_n, hp * wp, oh_n * ow_n
     dense = pitch == ow_n
     padded = ph > 0 or pw > 0
     zero = gy3.dtype.type(0)
@@ -345,19 +394,31 @@ def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
         gyt_buf = np.empty(og * chunk * m, dtype=gy3.dtype)
         col_buf = np.empty(kk1 * chunk * m if need_weight else 1, dtype=gy3.dtype)
         gcol_buf = np.empty(kk * chunk * m if need_input else 1, dtype=gy3.dtype)
-        xp_buf = np.empty(chunk * n_in * hp * wp if padded and need_weight else 1,
+        # the padded images (flat: their zeros are written once, here)
+        xp_buf = np.zeros(chunk * n_in * plane if padded and need_weight else 1,
                           dtype=gy3.dtype)
-        gxp_buf = np.empty(chunk * n_in * hp * wp if padded and need_input else 1,
+        gxp_buf = np.empty(chunk * n_in * plane if padded and need_input else 1,
                            dtype=gy3.dtype)
         for a in range(ranges[t, 0], ranges[t, 1], chunk):
             z = min(a + chunk, ranges[t, 1])
             nb = z - a
             xp = x[a:z]
-            if need_weight and padded:
+            xq = xp_buf[:1].reshape((1, 1, 1))
+            if need_weight and flat and padded:
+                xq = xp_buf[:nb * n_in * plane].reshape((nb, n_in, plane))
+                pad_flat_into(x, a, z, ph, pw, pitch, xq)
+            elif need_weight and flat:
+                xq = x[a:z].reshape((nb, n_in, plane))
+            elif need_weight and padded:
                 xp = xp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
                 pad_into(x, a, z, ph, pw, xp)
             gxp = gx[a:z]
-            if need_input and padded:
+            gxq = gxp_buf[:1].reshape((1, 1, 1))
+            if need_input and flat and padded:
+                gxq = gxp_buf[:nb * n_in * plane].reshape((nb, n_in, plane))
+            elif need_input and flat:
+                gxq = gx[a:z].reshape((nb, n_in, plane))
+            elif need_input and padded:
                 gxp = gxp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
             for g in range(groups):
                 gyt = gy3[a, g * og:(g + 1) * og]
@@ -366,7 +427,11 @@ def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
                     nchw_to_columns(gy3, a, nb, g * og, pitch, m, oh_n, ow_n, gyt)
                 if need_weight:
                     cols = col_buf[:kk1 * nb * m].reshape((kk1, nb * m))
-                    _pack(xp, g, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, flat, m, cols)
+                    if flat:
+                        im2col_flat(xq, g * cg, cg, kh, kw, dh, dw, pitch, m, cols, True)
+                    else:
+                        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n,
+                                       cols, True)
                     # [dW | db]^T += cols @ dY^T: 1.5-2x the speed of dY @ cols^T in OpenBLAS
                     _gemm(False, True, cols, gyt, 1, parts[t, g])
                 elif need_bias:
@@ -379,12 +444,13 @@ def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
                     gcols = gcol_buf[:kk * nb * m].reshape((kk, nb * m))
                     _gemm(True, False, w2[g], gyt, 0, gcols)
                     if flat:
-                        col2im_flat(gcols, g * cg, cg, kh, kw, dh, dw, wp, m,
-                                    gxp.reshape((nb, n_in, hp * wp)))
+                        col2im_flat(gcols, g * cg, cg, kh, kw, dh, dw, pitch, m, gxq)
+                        if padded:
+                            unpad_flat_into(gxq, a, g * cg, cg, ph, pw, pitch, gx)
                     else:
                         col2im_strided(gcols, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, gxp)
-                    if padded:
-                        unpad_into(gxp, a, g * cg, cg, ph, pw, gx)
+                        if padded:
+                            unpad_into(gxp, a, g * cg, cg, ph, pw, gx)
 
 
 @njit(**_opts)
@@ -399,24 +465,14 @@ def implicit_forward(x, wt, trans, bias, has_bias, kh, kw, ph, pw, dh, dw, range
     OpenBLAS runs faster for 32+ output channels (see _implicit_trans). Task t does the images
     ranges[t]; only the padding copy and the unpacking of the junk columns move data outside
     BLAS (without padding the input is read in place, and 1x1 products are the output already,
-    unless transposed).
-
-    The padded rows share their padding columns: each row is [pw zeros | W values], and the
-    right-hand taps of a row's last outputs read the next row's leading zeros (and, after the
-    last row, pw more). With rows Wp - pw apart instead of Wp, every GEMM has pw fewer junk
-    columns per output row (3x3 on 7x7 maps: 55 columns per image instead of 61, for 49
-    outputs). This needs pw <= dw*(kW-1), which the input gradient's padding always meets."""
+    unless transposed). The padded rows share their padding columns (see _flat_geometry)."""
     n_img, n_in, h, wd = x.shape
     groups, taps, og, cg = wt.shape
     if trans:
         cg, og = og, cg
     n_out = groups * og
-    hp = h + 2 * ph
-    oh_n, ow_n = hp - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
-    shared = pw <= dw * (kw - 1)
-    pitch = wd + pw if shared else wd + 2 * pw  # floats from one padded row to the next
-    plane = hp * pitch + (pw if shared else 0)
-    m = (oh_n - 1) * pitch + ow_n
+    oh_n, ow_n = h + 2 * ph - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
+    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
     padded = ph > 0 or pw > 0
     dense = pitch == ow_n  # no junk columns
     zero = x.dtype.type(0)
