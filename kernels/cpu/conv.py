@@ -1079,12 +1079,13 @@ def _use_implicit(stride, cg, og):
 
 def _implicit_trans(og, kw, pw, dw):
     """Whether implicit_forward computes its products transposed for ``og`` outputs per
-    group: per-tap OpenBLAS products at 3x3 (single thread), plain vs transposed, GFLOP/s:
-    64->64 on 7x7 maps 183 vs 248, 32->32 on 14x14 221 vs 250, 64->128 187 vs 255, 48->48
-    203 vs 217; but 16->16 on 28x28 208 vs 168, 24->24 203 vs 126. Not where the plain
-    product has no junk columns (kW = 1, or pw = dw*(kW-1)): it is the output already, and
-    unpacking the transposed one made 1x1 64->128 1.8x slower."""
-    return og >= 32 and og % 16 == 0 and kw > 1 and pw != dw * (kw - 1)
+    group. The per-tap OpenBLAS products at 3x3 (single thread), plain vs transposed, GFLOP/s:
+    64->64 on 7x7 maps 183 vs 248, 64->128 187 vs 255, 32->32 on 14x14 221 vs 250, 16->16 on
+    28x28 208 vs 168. But the transposed product is unpacked with strided writes: whole
+    forward convolutions, 64->64 at 7x7 and 8x8 are 1.05-1.3x faster transposed, 32->32 at 14x14
+    and 16x16 1.1-1.25x slower. Not where the plain product has no junk columns (kW = 1, or
+    pw = dw*(kW-1)): it is the output already (transposed, 1x1 64->128 ran 1.8x slower)."""
+    return og >= 64 and og % 16 == 0 and kw > 1 and pw != dw * (kw - 1)
 
 
 def _implicit_conv(x, w, b, padding, dilation, groups, y):
