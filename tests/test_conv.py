@@ -166,6 +166,37 @@ def test_flat_direct_kernels_match_reference(xs, ws, p, d, g, x_grad, dtype):
     assert y.dtype == dtype and W.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@given(cfg=conv_configs(), seed=st.integers(0, 2**16), trans=st.booleans())
+def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed, trans):
+    """Stride-1 convolutions of every shape through the implicit-GEMM path (forced, whatever
+    the channel counts; products plain or transposed): forward and all gradients."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import conv as ck
+
+    if not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    cfg = dict(cfg, s=(1, 1))
+    rng = np.random.default_rng(seed)
+    x, w, b = _arrays(cfg, rng, dtype)
+    args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ck, "_use_implicit", lambda stride, cg, og: stride == (1, 1))
+        mp.setattr(ck, "_implicit_trans", lambda *a: trans)
+        y = ck.conv2d_forward(x, w, b, *args)
+        scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
+        np.testing.assert_allclose(y, R.conv2d(x, w, b, *args), atol=tol * scale, rtol=tol)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gx, gw, gb = ck.conv2d_backward(gy, x, w, *args, True, True, True)
+    gscale = np.abs(gy).sum() + 1
+    np.testing.assert_allclose(gx, R.conv2d_grad_input(gy, w, x.shape, *args),
+                               atol=tol * gscale, rtol=tol)
+    np.testing.assert_allclose(gw, R.conv2d_grad_weight(gy, x, w.shape, *args),
+                               atol=tol * gscale * np.abs(x).max(), rtol=tol)
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), atol=tol * gscale, rtol=tol)
+    assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
+
+
 @pytest.mark.parametrize("blas_in_kernel", [True, False])
 @pytest.mark.parametrize("budget", [1 << 18, 600])  # one chunk per task, or many
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
