@@ -12,6 +12,11 @@ from hypothesis import HealthCheck, settings
 
 sys.setswitchinterval(1e-4)  # speeds up syncthreads on the CUDA simulator
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    from tests._cudasim import patch_shared_arrays
+
+    patch_shared_arrays()  # the simulator's shared arrays race without it (see there)
+
 settings.register_profile(
     "default", max_examples=25, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
