@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from numba import cuda  # module level: the simulator swaps this name inside kernels
 
 import numbaconv as nc
 import numbaconv.functional as F
@@ -291,3 +292,46 @@ def test_setitem_on_device():
     ref[1] = 2
     ref[:, 1:3] = [5, 6]
     np.testing.assert_array_equal(x.numpy(), ref)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="simulator only")
+def test_simulator_shares_one_array_per_block(monkeypatch):
+    """tests/_cudasim.py: every thread of a block gets the same shared array even when the
+    interpreter switches threads while the first one creates it (forced here by a sleep at
+    that point, where the simulator's own lookup lets other threads create their own)."""
+    import time
+
+    from numba import float32
+
+    from tests import _cudasim
+
+    real_empty = np.empty
+
+    class SlowNumpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def empty(*a, **k):
+            time.sleep(0.002)  # let the other threads of the block run here
+            return real_empty(*a, **k)
+
+    from numba.cuda.simulator import kernelapi
+
+    monkeypatch.setattr(_cudasim, "np", SlowNumpy())
+    monkeypatch.setattr(kernelapi, "np", SlowNumpy())  # the simulator's own lookup, if used
+
+    @cuda.jit
+    def block_sum(out):
+        buf = cuda.shared.array(16, float32)
+        t = cuda.threadIdx.x
+        buf[t] = t
+        cuda.syncthreads()
+        s = float32(0)
+        for i in range(16):
+            s += buf[i]
+        out[t] = s
+
+    out = cuda.to_device(np.zeros(16, np.float32))
+    block_sum[1, 16](out)
+    np.testing.assert_array_equal(out.copy_to_host(), np.full(16, 120, np.float32))
