@@ -197,6 +197,17 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
     assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
 
 
+def _check_grads(need, got, refs, dtype, tol):
+    """The (input, weight, bias) gradients asked for by ``need`` match ``refs``; the others
+    are None; all keep ``dtype``."""
+    for asked, a, ref in zip(need, got, refs):
+        if asked:
+            np.testing.assert_allclose(a, ref, rtol=tol, atol=tol * 10)
+        else:
+            assert a is None
+        assert a is None or a.dtype == dtype
+
+
 @pytest.mark.parametrize("blas_in_kernel", [True, False])
 @pytest.mark.parametrize("budget", [1 << 18, 600])  # one chunk per task, or many
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -234,13 +245,8 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monke
                      (False, False, True), (True, False, True)]:
             gx, gw, gb = ck.conv2d_backward(gy, x if need[1] else None, w, *args, *need,
                                             x_shape=x.shape)
-            if need[0]:
-                np.testing.assert_allclose(gx, gx_ref, rtol=tol, atol=tol * 10)
-            if need[1]:
-                np.testing.assert_allclose(gw, gw_ref, rtol=tol, atol=tol * 10)
-            if need[2]:
-                np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=tol, atol=tol * 10)
-            assert all(a is None or a.dtype == dtype for a in (gx, gw, gb))
+            _check_grads(need, (gx, gw, gb), (gx_ref, gw_ref, gy.sum(axis=(0, 2, 3))), dtype,
+                         tol)
 
 
 @pytest.mark.parametrize("trans", [False, True])
@@ -298,12 +304,8 @@ def test_implicit_gemm_path_matches_reference(dtype, trans, monkeypatch):
             # padding than that: otherwise the scatter path does it)
             reachable = all(d[i] * (ws[2 + i] - 1) >= p[i] for i in range(2))
             assert calls == ([gy.shape] if reachable else [])
-            np.testing.assert_allclose(gx, gx_ref, rtol=tol, atol=tol * 10)
-            if need[1]:
-                np.testing.assert_allclose(gw, gw_ref, rtol=tol, atol=tol * 10)
-            if need[2]:
-                np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=tol, atol=tol * 10)
-            assert all(a is None or a.dtype == dtype for a in (gx, gw, gb))
+            _check_grads(need, (gx, gw, gb), (gx_ref, gw_ref, gy.sum(axis=(0, 2, 3))), dtype,
+                         tol)
     # a transposed convolution's output_padding adds rows that no input reaches: the input
     # gradient then takes another path, and is still right
     x = rng.standard_normal((2, 4, 5, 5)).astype(dtype)
