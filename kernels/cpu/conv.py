@@ -462,7 +462,7 @@ def implicit_forward(x, wt, trans, bias, has_bias, kh, kw, ph, pw, dh, dw, range
     so Y_g = sum over taps of wt[g, i*kW + j] @ shifted planes, accumulated in one buffer;
     ``wt`` is (G, kH*kW, O_g, C_g). With ``trans`` (``wt`` then (G, kH*kW, C_g, O_g)) the
     products are computed transposed, Y_g^T = sum of shifted planes^T @ wt[g, tap], which
-    OpenBLAS runs faster for 32+ output channels (see _implicit_trans). Task t does the images
+    OpenBLAS runs faster for 64+ output channels (see _implicit_trans). Task t does the images
     ranges[t]; only the padding copy and the unpacking of the junk columns move data outside
     BLAS (without padding the input is read in place, and 1x1 products are the output already,
     unless transposed). The padded rows share their padding columns (see _flat_geometry)."""
