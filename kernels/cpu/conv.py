@@ -485,12 +485,7 @@ def implicit_forward(x, wt, trans, bias, has_bias, kh, kw, ph, pw, dh, dw, range
             src, base = xf, n * n_in * plane
             if padded:
                 src, base = xp, 0
-                for c in range(n_in):
-                    for r in range(h):
-                        dst = _u(c * plane + (r + ph) * pitch + pw)
-                        row = x[n, c, r]
-                        for s in range(_u(wd)):
-                            xp[dst + s] = row[s]
+                pad_flat_into(x, n, n + 1, ph, pw, pitch, xp.reshape((1, n_in, plane)))
             for g in range(groups):
                 res, r_off = out, 0
                 if direct:
