@@ -12,12 +12,15 @@ import numpy as np
 
 from ..kernels.cpu import conv as conv_k
 from ..kernels.cpu import elementwise as ew
+from ..kernels.cpu import loading, threads
 from ..kernels.cpu import lrn as lrn_k
 from ..kernels.cpu import norm as norm_k
 from ..kernels.cpu import optim as optim_k
 from ..kernels.cpu import pool as pool_k
 from ..kernels.cpu import random as random_k
-from ..kernels.cpu import threads
+
+# kernels loaded from Numba's cache drop the LLVM module kept only for linking (see loading.py)
+loading.release_linking_modules(conv_k, ew, lrn_k, norm_k, optim_k, pool_k, random_k)
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
