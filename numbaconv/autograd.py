@@ -144,10 +144,15 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
             raise RuntimeError(
                 f"backward(): gradient is on {grad.device!r} but the tensor on {root.device!r}"
             )
-        g = backend.astype(grad.data, root.dtype)  # a copy: the caller's array is never kept
+        g = grad.data
+        if grad.dtype != root.dtype or not g.flags["C_CONTIGUOUS"]:
+            g = backend.astype(g, root.dtype)
+    # the caller's array is read, never kept: where it would become a leaf's .grad, that
+    # gets a copy (Functions never write into the gradients they are given)
+    seed = grad.data if grad is not None else None
 
     if root._ctx is None:  # a leaf: its gradient is the seed itself
-        _accumulate_leaf(root, g)
+        _accumulate_leaf(root, g, seed)
         return
 
     order = _topological_order(root._ctx)
@@ -171,16 +176,18 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 continue
             ctx = t._ctx
             if ctx is None:
-                _accumulate_leaf(t, gi)
+                _accumulate_leaf(t, gi, seed)
             else:
                 key = id(ctx)
                 prev = grads.get(key)
                 grads[key] = gi if prev is None else fn.backend.binary("add", prev, gi)
                 if t._retains_grad:
-                    _accumulate_leaf(t, gi)
+                    _accumulate_leaf(t, gi, seed)
 
 
-def _accumulate_leaf(t: Tensor, g) -> None:
+def _accumulate_leaf(t: Tensor, g, seed=None) -> None:
+    """Add ``g`` into ``t.grad``. ``seed`` is the array the caller passed to backward(), which
+    is stored only as a copy."""
     from .tensor import Tensor
 
     backend = t.backend
@@ -190,6 +197,8 @@ def _accumulate_leaf(t: Tensor, g) -> None:
         g = backend.astype(g, t.dtype)
     grad = t.grad
     if grad is None:
+        if seed is not None and g is seed:
+            g = backend.astype(g, t.dtype)
         t.grad = Tensor._make(g, t.device)
         return
     # PyTorch's rule: accumulate in place when nothing but ``t.grad`` holds the gradient (the

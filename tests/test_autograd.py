@@ -145,3 +145,27 @@ def test_gradients_accumulate_in_place_only_when_nothing_else_holds_them():
     for _ in range(3):
         (small * small).sum().backward()
     np.testing.assert_array_equal(small.grad.numpy(), 6)
+
+
+def test_backward_reads_the_given_gradient_without_keeping_it():
+    """backward(g) reads g in place (no up-front copy), yet no leaf's .grad is g's array, and
+    changing g afterwards changes no gradient; a dtype or layout mismatch is converted."""
+    x = nc.tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
+    z = nc.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    g = nc.tensor(np.full((2, 3), 2, np.float32))
+    (x + z).backward(g)  # add's backward hands the same gradient to both inputs
+    x.backward(g)  # a leaf as the root: its gradient is the seed itself
+    leaf = nc.tensor(np.zeros((2, 3), np.float32), requires_grad=True)
+    leaf.backward(g)
+    for t in (x, z, leaf):
+        assert not np.shares_memory(t.grad.data, g.data)
+    g.data[...] = 100
+    np.testing.assert_array_equal(x.grad.numpy(), 4)
+    np.testing.assert_array_equal(z.grad.numpy(), 2)
+    np.testing.assert_array_equal(leaf.grad.numpy(), 2)
+    # a float64 or transposed gradient reaches the ops as a C-contiguous float32 copy
+    for given in (np.ones((2, 3)), np.ones((3, 2), np.float32).T):
+        y = nc.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+        (y * 3).backward(nc.tensor(given))
+        assert y.grad.dtype == nc.float32 and y.grad.data.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(y.grad.numpy(), 3)
