@@ -208,13 +208,17 @@ def _check_grads(need, got, refs, dtype, tol):
         assert a is None or a.dtype == dtype
 
 
-@pytest.mark.parametrize("blas_in_kernel", [True, False])
+@pytest.mark.parametrize("blas_in_kernel, blocks", [(True, False), (True, True),
+                                                     (False, False)])
 @pytest.mark.parametrize("budget", [1 << 18, 600])  # one chunk per task, or many
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monkeypatch):
+def test_im2col_gemm_path_matches_reference(blas_in_kernel, blocks, budget, dtype, monkeypatch):
     """The im2col + GEMM path, forced for every layer: with NumPy's BLAS called from inside the
     Numba kernel and with the fallback that splits GEMMs across Python threads; with small
-    column budgets the images go through in many chunks."""
+    column budgets the images go through in many chunks. In-kernel, with ``blocks`` the strided
+    forward runs two output rows per product and the weight gradient goes through
+    gemm_grad_weight in blocks of 5 columns (stride 1) or 2 output rows, partial ones included;
+    without, whole images through gemm_backward."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
 
@@ -223,6 +227,11 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monke
     monkeypatch.setitem(blas_k._state, "ready", blas_in_kernel and blas_k.ready())
     monkeypatch.setattr(ck, "_COLUMN_BUDGET", budget)
     monkeypatch.setattr(ck, "_MIN_COLUMNS", 1)
+    monkeypatch.setattr(ck, "_gemm_rows", lambda og, kk1, oh, ow: 2 if blocks else oh)
+    monkeypatch.setattr(ck, "_grad_weight_block",
+                        lambda flat, m, ow: (5 if flat else 2) if blocks else 0)
+    weight_kernel, blocked = ck.gemm_grad_weight, []
+    monkeypatch.setattr(ck, "gemm_grad_weight", lambda *a: blocked.append(1) or weight_kernel(*a))
     for name in ("_use_implicit", "_use_flat", "_use_flat_input", "_use_flat_params"):
         monkeypatch.setattr(ck, name, lambda *a: False)
     rng = np.random.default_rng(7)
@@ -247,6 +256,7 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, budget, dtype, monke
                                             x_shape=x.shape)
             _check_grads(need, (gx, gw, gb), (gx_ref, gw_ref, gy.sum(axis=(0, 2, 3))), dtype,
                          tol)
+    assert bool(blocked) == blocks
 
 
 @pytest.mark.parametrize("trans", [False, True])

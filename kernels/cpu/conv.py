@@ -126,16 +126,17 @@ def im2col_flat(xp3, c0, cg, kh, kw, dh, dw, wp, m, cols, ones_row):
 
 
 @njit(**_serial)
-def im2col_strided(xp, c0, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, cols, ones_row):
-    """cols[(c*kh+i)*kw+j, n*L + oh*W_out + ow] = xp[n, c0+c, oh*sh + i*dh, ow*sw + j*dw]."""
-    L = oh_n * ow_n
+def im2col_strided(xp, c0, cg, kh, kw, sh, sw, dh, dw, r0, r1, ow_n, cols, ones_row):
+    """cols[(c*kh+i)*kw+j, n*L + (oh-r0)*W_out + ow] = xp[n, c0+c, oh*sh + i*dh, ow*sw + j*dw]
+    for the output rows r0 <= oh < r1 (L = (r1-r0)*W_out columns per image)."""
+    L = (r1 - r0) * ow_n
     for n in range(xp.shape[0]):
         for c in range(cg):
             for i in range(kh):
                 for j in range(kw):
                     r = (c * kh + i) * kw + j
-                    for oh in range(oh_n):
-                        dst = _u(n * L + oh * ow_n)
+                    for oh in range(r0, r1):
+                        dst = _u(n * L + (oh - r0) * ow_n)
                         ih = oh * sh + i * dh
                         jd, s = _u(j * dw), _u(sw)
                         for ow in range(_u(ow_n)):
@@ -327,9 +328,11 @@ def matmul_rows(a, trans_a, b, trans_b, ranges, out):
 
 
 @njit(**_opts)
-def gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat, chunk, ranges, y3):
+def gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat, chunk, rows, ranges,
+                 y3):
     """im2col + GEMM forward: task t packs chunks of its images ranges[t] and multiplies them
-    by [W | b] per group (the ones row of the columns adds the bias)."""
+    by [W | b] per group (the ones row of the columns adds the bias). Strided, with ``rows`` <
+    OH: one image at a time, ``rows`` output rows per product (see _gemm_rows)."""
     n_img, n_in, h, wd = x.shape
     groups, og, kk1 = w_aug.shape
     cg = n_in // groups
@@ -339,35 +342,53 @@ def gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat, chu
         pitch, plane, m = ow_n, hp * wp, oh_n * ow_n
     dense = pitch == ow_n
     padded = ph > 0 or pw > 0
+    in_rows = not flat and rows < oh_n
     for t in prange(ranges.shape[0]):
         # the padded images (flat: their zeros are written once, here)
         xp_buf = np.zeros(chunk * n_in * plane if padded else 1, dtype=x.dtype)
         col_buf = np.empty(kk1 * chunk * m, dtype=x.dtype)
-        out_buf = np.empty(og * chunk * m, dtype=x.dtype)
-        for a in range(ranges[t, 0], ranges[t, 1], chunk):
-            z = min(a + chunk, ranges[t, 1])
-            nb = z - a
-            xp = x[a:z]
-            xq = x[a:z].reshape((nb, n_in, h * wd))
-            if padded and flat:
-                xq = xp_buf[:nb * n_in * plane].reshape((nb, n_in, plane))
-                pad_flat_into(x, a, z, ph, pw, pitch, xq)
-            elif padded:
-                xp = xp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
-                pad_into(x, a, z, ph, pw, xp)
-            cols = col_buf[:kk1 * nb * m].reshape((kk1, nb * m))
-            for g in range(groups):
-                if flat:
-                    im2col_flat(xq, g * cg, cg, kh, kw, dh, dw, pitch, m, cols, True)
-                else:
-                    im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, cols,
-                                   True)
-                if dense and nb == 1:  # the product is this image's output already
-                    _gemm(False, False, w_aug[g], cols, 0, y3[a, g * og:(g + 1) * og])
-                else:
-                    out = out_buf[:og * nb * m].reshape((og, nb * m))
-                    _gemm(False, False, w_aug[g], cols, 0, out)
-                    columns_to_nchw(out, a, g * og, pitch, m, oh_n, ow_n, y3)
+        out_buf = np.empty(og * chunk * m if not in_rows else 1, dtype=x.dtype)
+        if in_rows:
+            for a in range(ranges[t, 0], ranges[t, 1]):
+                xp = x[a:a + 1]
+                if padded:
+                    xp = xp_buf[:n_in * hp * wp].reshape((1, n_in, hp, wp))
+                    pad_into(x, a, a + 1, ph, pw, xp)
+                for g in range(groups):
+                    for r0 in range(0, oh_n, rows):
+                        r1 = min(r0 + rows, oh_n)
+                        nq = (r1 - r0) * ow_n
+                        cols = col_buf[:kk1 * nq].reshape((kk1, nq))
+                        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, r0, r1, ow_n,
+                                       cols, True)
+                        # straight into output rows r0:r1 of the group's channels (ldc = OH*OW)
+                        _gemm_at(False, False, og, nq, kk1, w_aug[g], 0, kk1, cols, 0, nq, 0,
+                                 y3[a], g * og * m + r0 * ow_n, m)
+        else:
+            for a in range(ranges[t, 0], ranges[t, 1], chunk):
+                z = min(a + chunk, ranges[t, 1])
+                nb = z - a
+                xp = x[a:z]
+                xq = x[a:z].reshape((nb, n_in, h * wd))
+                if padded and flat:
+                    xq = xp_buf[:nb * n_in * plane].reshape((nb, n_in, plane))
+                    pad_flat_into(x, a, z, ph, pw, pitch, xq)
+                elif padded:
+                    xp = xp_buf[:nb * n_in * hp * wp].reshape((nb, n_in, hp, wp))
+                    pad_into(x, a, z, ph, pw, xp)
+                cols = col_buf[:kk1 * nb * m].reshape((kk1, nb * m))
+                for g in range(groups):
+                    if flat:
+                        im2col_flat(xq, g * cg, cg, kh, kw, dh, dw, pitch, m, cols, True)
+                    else:
+                        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, 0, oh_n, ow_n,
+                                       cols, True)
+                    if dense and nb == 1:  # the product is this image's output already
+                        _gemm(False, False, w_aug[g], cols, 0, y3[a, g * og:(g + 1) * og])
+                    else:
+                        out = out_buf[:og * nb * m].reshape((og, nb * m))
+                        _gemm(False, False, w_aug[g], cols, 0, out)
+                        columns_to_nchw(out, a, g * og, pitch, m, oh_n, ow_n, y3)
 
 
 @njit(**_opts)
@@ -430,7 +451,7 @@ def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
                     if flat:
                         im2col_flat(xq, g * cg, cg, kh, kw, dh, dw, pitch, m, cols, True)
                     else:
-                        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n,
+                        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, 0, oh_n, ow_n,
                                        cols, True)
                     # [dW | db]^T += cols @ dY^T: 1.5-2x the speed of dY @ cols^T in OpenBLAS
                     _gemm(False, True, cols, gyt, 1, parts[t, g])
@@ -451,6 +472,81 @@ def gemm_backward(gy3, x, w2, n_in, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, oh_n,
                         col2im_strided(gcols, g * cg, cg, kh, kw, sh, sw, dh, dw, oh_n, ow_n, gxp)
                         if padded:
                             unpad_into(gxp, a, g * cg, cg, ph, pw, gx)
+
+
+@njit(**_opts)
+def gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, flat, block,
+                     ranges, parts):
+    """[dW | db]^T of each group, summed over task t's images ranges[t] into parts[t] (G,
+    C_g*kH*kW + 1, O_g; the caller sums the tasks), one image and one block of its columns at
+    a time: ``block`` columns of the flat layout (stride 1), or ``block`` output rows (strided).
+    Each block is packed (kk+1, nq) as in gemm_backward, its output gradient transposed to
+    (nq, O_g) (zeros on the flat layout's junk columns), and ``parts[t, g] += cols @ dY^T``
+    runs as a plain product small enough for OpenBLAS's small-matrix kernels (see
+    _grad_weight_block)."""
+    n_img, n_in, h, wd = x.shape
+    kk1, og = parts.shape[2], parts.shape[3]
+    cg = n_in // groups
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
+    if not flat:
+        pitch, plane, m = ow_n, hp * wp, oh_n * ow_n
+    padded = ph > 0 or pw > 0
+    nq_max = block if flat else block * ow_n
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    # where column q of the flat layout comes from in the output plane (-1: a junk column)
+    src = np.empty(m, dtype=np.int64)
+    for q in range(m):
+        oh, ow = q // pitch, q % pitch
+        src[q] = oh * ow_n + ow if ow < ow_n else -1
+    for t in prange(ranges.shape[0]):
+        # one padded image (its zeros are written once, here)
+        xp_buf = np.zeros(n_in * plane if padded else 1, dtype=x.dtype)
+        col_buf = np.empty(kk1 * nq_max, dtype=x.dtype)
+        gyt_buf = np.empty(nq_max * og, dtype=x.dtype)
+        for a in range(ranges[t, 0], ranges[t, 1]):
+            xq = x[a:a + 1].reshape((1, n_in, h * wd))
+            xp = x[a:a + 1]
+            if padded and flat:
+                xq = xp_buf.reshape((1, n_in, plane))
+                pad_flat_into(x, a, a + 1, ph, pw, pitch, xq)
+            elif padded:
+                xp = xp_buf.reshape((1, n_in, hp, wp))
+                pad_into(x, a, a + 1, ph, pw, xp)
+            for g in range(groups):
+                for b0 in range(0, m if flat else oh_n, block):
+                    if flat:
+                        q0 = b0
+                        nq = min(block, m - q0)
+                    else:
+                        q0 = b0 * ow_n
+                        nq = (min(b0 + block, oh_n) - b0) * ow_n
+                    cols = col_buf[:kk1 * nq].reshape((kk1, nq))
+                    if flat:
+                        for c in range(cg):
+                            for i in range(kh):
+                                for j in range(kw):
+                                    r = (c * kh + i) * kw + j
+                                    off = _u(i * dh * pitch + j * dw + q0)
+                                    for q in range(_u(nq)):
+                                        cols[r, q] = xq[0, g * cg + c, off + q]
+                        for q in range(nq):
+                            cols[kk1 - 1, q] = one
+                    else:
+                        im2col_strided(xp, g * cg, cg, kh, kw, sh, sw, dh, dw, b0,
+                                       b0 + nq // ow_n, ow_n, cols, True)
+                    gyt = gyt_buf[:nq * og].reshape((nq, og))
+                    gya = gy3[a]
+                    for q in range(nq):
+                        p = src[q0 + q] if flat else q0 + q
+                        if p >= 0:
+                            for o in range(og):
+                                gyt[q, o] = gya[g * og + o, p]
+                        else:
+                            for o in range(og):
+                                gyt[q, o] = zero
+                    _gemm_at(False, False, kk1, og, nq, cols, 0, nq, gyt, 0, og, 1, parts[t, g],
+                             0, og)
 
 
 @njit(**_opts)
@@ -1130,6 +1226,36 @@ def _use_flat_params(stride, cg, og, n_img, n_threads):
             and (cg % 4 == 0 or cg == 1))
 
 
+# OpenBLAS (its SkylakeX kernels, which NumPy's wheels run on AVX-512 machines) computes
+# products of up to M*N*K = 10^6 with small-matrix kernels that read the operands in place;
+# above, it packs both operands first. Single thread, operands in cache, GFLOP/s: the 16->32
+# stride-2 forward's (32 x 145) @ (145 x N): N = 64 268, N = 256 154; a 32->32 weight gradient
+# (289 x K) @ (K x 32): K = 64 251, K = 271 194 (and transposed as before, (289 x K) @ (32 x
+# K)^T, 188-191 at any K).
+_SMALL_GEMM = 1_000_000
+
+
+def _gemm_rows(og, kk1, oh_n, ow_n):
+    """Output rows per product of the strided im2col forward: one image's whole output where
+    its product is small already or its operands are large (blocks of a 32->64 or an AlexNet
+    conv1 product ran 1.1-1.6x slower), else as many rows as keep it small. The 16->32 stride-2
+    layer on 32x32 maps (256 columns per image): 0.82 -> 0.70 ms per batch of 64, 2 threads."""
+    if og * kk1 > 8192 or og * kk1 * oh_n * ow_n <= _SMALL_GEMM:
+        return oh_n
+    return max(1, _SMALL_GEMM // (og * kk1 * ow_n))
+
+
+def _grad_weight_block(flat, m, ow_n):
+    """Columns (flat layout) or output rows (strided) per product of gemm_grad_weight, or 0
+    where one image has more than 1024 columns (AlexNet's conv1: its whole-image products
+    run faster). Weight and bias gradients, 2 threads, old path -> blocks: 32->32 at 16x16
+    1.09 -> 0.86 ms, 64->64 at 8x8 1.01 -> 0.90, LeNet's conv2 0.22 -> 0.18, 16->32 stride 2
+    on 32x32 0.81 -> 0.77, ResNet-mini's stride-2 layers 1.38 -> 1.31 and 1.13 -> 1.05."""
+    if m > 1024:
+        return 0
+    return 96 if flat else max(1, 128 // ow_n)
+
+
 # Floats of packed columns (and of the other buffers live with them) per GEMM: a quarter of the
 # 1 MiB L2 cache, so that OpenBLAS's own packed panels fit beside them (LeNet-5 steps 5-9%
 # faster than with the whole L2), but at least _MIN_COLUMNS columns (with fewer, BLAS runs
@@ -1181,7 +1307,7 @@ class _Plan:
                         self.m, cols, True)
         else:
             im2col_strided(xp, g * self.cg, self.cg, self.kh, self.kw, self.sh, self.sw,
-                           self.dh, self.dw, self.oh, self.ow, cols, True)
+                           self.dh, self.dw, 0, self.oh, self.ow, cols, True)
 
     def unpack_grad(self, gcols, g, gxp):
         if self.flat:
@@ -1232,8 +1358,9 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     y3 = y.reshape(n_img, n_out, oh_n * ow_n)
     if blas_k.ready():  # all on Numba's threads, BLAS called from the kernel
         with blas.single_thread():
+            rows = oh_n if plan.flat else _gemm_rows(og, kk + 1, oh_n, ow_n)
             gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, plan.flat,
-                         plan.chunk_for(kk + 1 + og), _task_ranges(n_img), y3)
+                         plan.chunk_for(kk + 1 + og), rows, _task_ranges(n_img), y3)
         return y
 
     def work(n0, n1):
@@ -1312,6 +1439,18 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         return gx, None, None
     plan = _Plan(x_shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
     kk, m = plan.kk, plan.m
+    block = _grad_weight_block(plan.flat, m, ow_n) if need_weight and blas_k.ready() else 0
+    if block:
+        if need_input:
+            gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
+                                 False, x_shape)[0]
+        ranges = _task_ranges(n_img)
+        parts = np.zeros((len(ranges), groups, kk + 1, og), dtype=dtype)
+        with blas.single_thread():
+            gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
+                             plan.flat, block, ranges, parts)
+        gw, gb = _params_from_parts(parts.sum(axis=0), w.shape, True, need_bias)
+        return gx, gw, gb
     w2 = w.reshape(groups, og, kk)
     want_params = need_weight or need_bias
     # rows of M floats live per image: output-gradient columns, input columns, column gradient
