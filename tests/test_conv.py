@@ -259,6 +259,48 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, blocks, budget, dtyp
     assert bool(blocked) == blocks
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_implicit_weight_gradient_matches_reference(dtype, monkeypatch):
+    """implicit_grad_weight (one product per tap of the shifted planes by the transposed
+    output gradient), forced for every stride-1 case: padded or read in place, with and
+    without junk columns, dilated, grouped, asymmetric padding, one image; weight and bias
+    gradients, with and without the input gradient."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import conv as ck
+
+    if not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    calls = []
+    kernel = ck.implicit_grad_weight
+    monkeypatch.setattr(ck, "implicit_grad_weight",
+                        lambda *a: calls.append(a[1].shape) or kernel(*a))
+    monkeypatch.setattr(ck, "_use_implicit_weight", lambda *a: True)
+    for name in ("_use_flat_params", "_use_direct"):
+        monkeypatch.setattr(ck, name, lambda *a: False)
+    rng = np.random.default_rng(12)
+    cases = [((5, 8, 9, 8), (6, 8, 3, 3), (1, 1), (1, 1), 1),    # padded, junk columns
+             ((3, 4, 10, 11), (6, 2, 3, 2), (2, 0), (1, 2), 2),  # asymmetric padding, dilation
+             ((4, 8, 7, 6), (16, 8, 1, 1), (0, 0), (1, 1), 1),   # 1x1: in place, no junk
+             ((3, 5, 8, 9), (7, 5, 3, 4), (0, 0), (1, 1), 1),    # in place, junk columns
+             ((1, 6, 6, 6), (4, 6, 5, 5), (2, 2), (1, 1), 1),    # one image
+             ((2, 8, 6, 7), (4, 8, 3, 5), (2, 4), (1, 1), 1),    # padding 4: no junk
+             ((3, 8, 7, 5), (6, 8, 3, 3), (1, 2), (1, 2), 1),    # shared padding, dilated
+             ((4, 6, 6, 6), (6, 2, 3, 3), (1, 1), (1, 1), 3)]    # three groups
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for xs, ws, p, d, g in cases:
+        x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+        args = ((1, 1), p, d, g)
+        y = ck.conv2d_forward(x, w, None, *args)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        refs = (R.conv2d_grad_input(gy, w, x.shape, *args),
+                R.conv2d_grad_weight(gy, x, w.shape, *args), gy.sum(axis=(0, 2, 3)))
+        for need in [(True, True, True), (False, True, False), (False, True, True)]:
+            calls.clear()
+            got = ck.conv2d_backward(gy, x, w, *args, *need)
+            assert calls == [x.shape]
+            _check_grads(need, got, refs, dtype, tol)
+
+
 @pytest.mark.parametrize("trans", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_implicit_gemm_path_matches_reference(dtype, trans, monkeypatch):

@@ -550,6 +550,54 @@ def gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
 
 
 @njit(**_opts)
+def implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n, ranges, parts):
+    """[dW | db]^T of a stride-1 convolution with no packed columns, the weight-gradient twin
+    of implicit_forward: per image and group, the output gradient is transposed once to (M,
+    O_g) (zeros on the junk columns; its column sums are db), and tap (i, j) adds
+    ``shifted planes (C_g x M) @ dY^T`` to the rows c*kH*kW + i*kW + j of parts[t, g] (G,
+    C_g*kH*kW + 1, O_g; the caller sums the tasks): one plain product per tap, read in place
+    from the padded planes, which OpenBLAS's small-matrix kernels run at near peak."""
+    n_img, n_in, h, wd = x.shape
+    kk1, og = parts.shape[2], parts.shape[3]
+    taps = kh * kw
+    cg = n_in // groups
+    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
+    padded = ph > 0 or pw > 0
+    zero = x.dtype.type(0)
+    xf = x.reshape(x.size)
+    # where column q of the flat layout comes from in the output plane (-1: a junk column)
+    src = np.empty(m, dtype=np.int64)
+    for q in range(m):
+        r, s = q // pitch, q % pitch
+        src[q] = r * ow_n + s if s < ow_n else -1
+    for t in prange(ranges.shape[0]):
+        xp = np.zeros(n_in * plane if padded else 1, dtype=x.dtype)  # borders stay zero
+        gyt = np.empty((m, og), dtype=x.dtype)
+        for n in range(ranges[t, 0], ranges[t, 1]):
+            xs, base = xf, n * n_in * plane
+            if padded:
+                xs, base = xp, 0
+                pad_flat_into(x, n, n + 1, ph, pw, pitch, xp.reshape((1, n_in, plane)))
+            gyn = gy3[n]
+            for g in range(groups):
+                db = parts[t, g, kk1 - 1]
+                for q in range(m):
+                    p = src[q]
+                    if p >= 0:
+                        for o in range(og):
+                            v = gyn[g * og + o, p]
+                            gyt[q, o] = v
+                            db[o] += v
+                    else:
+                        for o in range(og):
+                            gyt[q, o] = zero
+                for tap in range(taps):
+                    shift = (tap // kw) * dh * pitch + (tap % kw) * dw
+                    _gemm_at(False, False, cg, og, m, xs, base + g * cg * plane + shift, plane,
+                             gyt, 0, og, 1, parts[t, g], tap * og, taps * og)
+
+
+@njit(**_opts)
 def implicit_forward(x, wt, trans, bias, has_bias, kh, kw, ph, pw, dh, dw, ranges, y3):
     """Stride-1 convolution as kH*kW GEMMs per image with no packed columns ("implicit GEMM").
 
@@ -1245,6 +1293,17 @@ def _gemm_rows(og, kk1, oh_n, ow_n):
     return max(1, _SMALL_GEMM // (og * kk1 * ow_n))
 
 
+def _use_implicit_weight(cg, og, kh, kw, m):
+    """Stride-1 weight gradients by implicit_grad_weight (no packed columns) where packing
+    would be large (C_g*kH*kW >= 288, or a 5x5 kernel) and each tap's (C_g x M) @ (M x O_g)
+    stays within OpenBLAS's small-matrix kernels. Against gemm_grad_weight, 2 threads: 32->32
+    at 16x16 and 14x14 0.90-0.93x the time, 64->64 at 8x8 and 7x7 0.84, 32->16 0.90, 16->32
+    5x5 0.90, LeNet's conv2 0.82; where excluded: 3->16 2.9x slower, 16->64 1.13x, 64->64 at
+    16x16 (M*N*K = 1.1e6) 1.08x."""
+    return ((cg * kh * kw >= 288 or kh * kw >= 25) and og >= 16
+            and cg * og * m <= _SMALL_GEMM)
+
+
 def _grad_weight_block(flat, m, ow_n):
     """Columns (flat layout) or output rows (strided) per product of gemm_grad_weight, or 0
     where one image has more than 1024 columns (AlexNet's conv1: its whole-image products
@@ -1439,6 +1498,18 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         return gx, None, None
     plan = _Plan(x_shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
     kk, m = plan.kk, plan.m
+    if (need_weight and plan.flat and _use_implicit_weight(cg, og, kh, kw, m)
+            and blas_k.ready()):
+        if need_input:
+            gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
+                                 False, x_shape)[0]
+        ranges = _task_ranges(n_img)
+        parts = np.zeros((len(ranges), groups, kk + 1, og), dtype=dtype)
+        with blas.single_thread():
+            implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n, ranges,
+                                 parts)
+        gw, gb = _params_from_parts(parts.sum(axis=0), w.shape, True, need_bias)
+        return gx, gw, gb
     block = _grad_weight_block(plan.flat, m, ow_n) if need_weight and blas_k.ready() else 0
     if block:
         if need_input:
