@@ -1,14 +1,16 @@
 """2-D convolution (cross-correlation, NCHW) and its gradients on the CPU.
 
 Four strategies, chosen per call by :func:`conv2d_forward` / :func:`conv2d_backward` (the
-measurements behind the choice are beside :func:`_use_implicit` and :func:`_use_flat`):
+measurements behind the choice are beside :func:`_use_implicit`, :func:`_use_flat`,
+:func:`_use_implicit_weight` and :func:`_grad_weight_block`):
 
 * **implicit GEMM** (stride 1 with 8+ input channels per group: VGG, ResNet and Inception
   layers, forward and input gradient). With stride 1 the input of tap (i, j) for all output
   positions is the padded image shifted by i*dh*Wp + j*dw (the "flat" layout, see below), so
   each tap is one BLAS product read in place from the padded planes, accumulated over the taps:
   no packed columns at all. The input gradient is the same forward convolution of the output
-  gradient with the flipped kernel.
+  gradient with the flipped kernel, and the weight gradient of the wider layers one product
+  per tap of the planes by the (once transposed) output gradient (implicit_grad_weight).
 * **flat direct kernels** (stride 1, few channels: LeNet, depthwise layers).
   One ``prange`` task per image pads it into a small plane; output unit q reads tap (i, j) at
   ``q + i*dh*Wp + j*dw`` of the flattened plane, so every tap is one long contiguous
@@ -24,7 +26,10 @@ measurements behind the choice are beside :func:`_use_implicit` and :func:`_use_
   slice of the padded plane (the "flat" layout, see below); otherwise rows are strided gathers.
   Backward packs the output gradient the same way, accumulates ``[dW | db]`` per task (summed
   after the kernel: no shared writes) and scatters the column gradient back with col2im, each
-  task into its own images only. Where NumPy's BLAS cannot be called from a kernel, the same
+  task into its own images only. Products are cut to sizes that OpenBLAS runs with its
+  small-matrix kernels (M*N*K <= 10^6, see _SMALL_GEMM): weight gradients one image and ~100
+  columns at a time as a plain product of a transposed block of dY (gemm_grad_weight), strided
+  layers in blocks of output rows. Where NumPy's BLAS cannot be called from a kernel, the same
   steps run on Python worker threads (threads.pool) with serial ``nogil`` kernels.
 * **direct row loops** (depthwise-like groups, where a GEMM would have one row): one ``prange`` task
   per output plane (forward), per input plane (input gradient) or per filter slice (weight
