@@ -1526,28 +1526,25 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         return gx, None, None
     plan = _Plan(x_shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
     kk, m = plan.kk, plan.m
-    if (need_weight and plan.flat and _use_implicit_weight(cg, og, kh, kw, m)
-            and blas_k.ready()):
+    # weight (and bias) gradients by a per-image kernel, the input gradient by its own path
+    implicit_w = (need_weight and plan.flat and blas_k.ready()
+                  and _use_implicit_weight(cg, og, kh, kw, m))
+    block = 0
+    if need_weight and blas_k.ready() and not implicit_w:
+        block = _grad_weight_block(plan.flat, m, ow_n)
+    if implicit_w or block:
         if need_input:
             gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
                                  False, x_shape)[0]
         ranges = _task_ranges(n_img)
         parts = np.zeros((len(ranges), groups, kk + 1, og), dtype=dtype)
         with blas.single_thread():
-            implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n, ranges,
-                                 parts)
-        gw, gb = _params_from_parts(parts.sum(axis=0), w.shape, True, need_bias)
-        return gx, gw, gb
-    block = _grad_weight_block(plan.flat, m, ow_n) if need_weight and blas_k.ready() else 0
-    if block:
-        if need_input:
-            gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
-                                 False, x_shape)[0]
-        ranges = _task_ranges(n_img)
-        parts = np.zeros((len(ranges), groups, kk + 1, og), dtype=dtype)
-        with blas.single_thread():
-            gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
-                             plan.flat, block, ranges, parts)
+            if implicit_w:
+                implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n,
+                                     ranges, parts)
+            else:
+                gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
+                                 plan.flat, block, ranges, parts)
         gw, gb = _params_from_parts(parts.sum(axis=0), w.shape, True, need_bias)
         return gx, gw, gb
     w2 = w.reshape(groups, og, kk)
