@@ -197,6 +197,68 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
     assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@given(cfg=conv_configs(), seed=st.integers(0, 2**16), trans=st.booleans())
+def test_implicit_strided_forward_matches_reference_on_random_configs(dtype, tol, cfg, seed,
+                                                                      trans):
+    """Strided forwards of every shape (stride > kernel, one-sided strides, dilation, groups,
+    padding) through the implicit GEMM on the stride phases (forced, whatever the channel
+    counts; products plain or transposed)."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import conv as ck
+
+    if not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    if cfg["s"] == (1, 1):
+        cfg = dict(cfg, s=(2, 1))
+    rng = np.random.default_rng(seed)
+    x, w, b = _arrays(cfg, rng, dtype)
+    args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
+    calls = []
+    kernel = ck.implicit_forward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ck, "_use_implicit_strided", lambda stride, *a: stride != (1, 1))
+        mp.setattr(ck, "_implicit_trans", lambda *a: trans)
+        mp.setattr(ck, "implicit_forward", lambda *a: calls.append(1) or kernel(*a))
+        for bias in (b, None):
+            y = ck.conv2d_forward(x, w, bias, *args)
+            scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
+            np.testing.assert_allclose(y, R.conv2d(x, w, bias, *args), atol=tol * scale,
+                                       rtol=tol)
+            assert y.dtype == dtype
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("trans", [False, True])
+def test_implicit_strided_forward_cases(trans, monkeypatch):
+    """The stride-phase implicit forward on layers like the real ones and on its edge cases:
+    stride 2 with and without padding, 1x1 shortcuts, strides in one direction only, stride 3
+    with a 5x5 kernel, dilation, groups, odd sizes, one image."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import conv as ck
+
+    if not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    monkeypatch.setattr(ck, "_use_implicit_strided", lambda stride, *a: stride != (1, 1))
+    monkeypatch.setattr(ck, "_implicit_trans", lambda *a: trans)
+    rng = np.random.default_rng(5)
+    cases = [((3, 16, 12, 12), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+             ((2, 16, 13, 11), (16, 16, 3, 3), (2, 2), (0, 0), (1, 1), 1),
+             ((3, 8, 14, 14), (16, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1),
+             ((2, 8, 9, 10), (8, 8, 3, 3), (2, 1), (1, 1), (1, 1), 1),
+             ((2, 8, 9, 10), (8, 8, 3, 2), (1, 3), (0, 1), (1, 1), 1),
+             ((2, 8, 17, 16), (12, 8, 5, 5), (3, 3), (2, 2), (1, 1), 1),
+             ((2, 8, 15, 15), (8, 8, 3, 3), (2, 2), (2, 2), (2, 2), 1),
+             ((2, 12, 11, 9), (12, 4, 3, 3), (2, 2), (1, 1), (1, 1), 3),
+             ((1, 8, 7, 7), (4, 8, 7, 7), (4, 4), (3, 3), (1, 1), 1)]
+    for xs, ws, s, p, d, g in cases:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        b = rng.standard_normal(ws[0]).astype(np.float32)
+        y = ck.conv2d_forward(x, w, b, s, p, d, g)
+        np.testing.assert_allclose(y, R.conv2d(x, w, b, s, p, d, g), rtol=1e-4, atol=1e-4)
+
+
 def _check_grads(need, got, refs, dtype, tol):
     """The (input, weight, bias) gradients asked for by ``need`` match ``refs``; the others
     are None; all keep ``dtype``."""
