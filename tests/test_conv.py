@@ -324,9 +324,9 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, blocks, budget, dtyp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_implicit_weight_gradient_matches_reference(dtype, monkeypatch):
     """implicit_grad_weight (one product per tap of the shifted planes by the transposed
-    output gradient), forced for every stride-1 case: padded or read in place, with and
-    without junk columns, dilated, grouped, asymmetric padding, one image; weight and bias
-    gradients, with and without the input gradient."""
+    output gradient), forced: stride 1 padded or read in place, with and without junk
+    columns, dilated, grouped, asymmetric padding, one image; strided on the stride phases;
+    weight and bias gradients, with and without the input gradient."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
 
@@ -348,10 +348,16 @@ def test_implicit_weight_gradient_matches_reference(dtype, monkeypatch):
              ((2, 8, 6, 7), (4, 8, 3, 5), (2, 4), (1, 1), 1),    # padding 4: no junk
              ((3, 8, 7, 5), (6, 8, 3, 3), (1, 2), (1, 2), 1),    # shared padding, dilated
              ((4, 6, 6, 6), (6, 2, 3, 3), (1, 1), (1, 1), 3)]    # three groups
+    strided = [((3, 8, 12, 12), (16, 8, 3, 3), (1, 1), (1, 1), 1, (2, 2)),  # on stride phases
+               ((2, 8, 13, 11), (8, 8, 3, 3), (0, 0), (1, 1), 1, (2, 2)),
+               ((2, 8, 9, 10), (8, 8, 3, 2), (0, 1), (1, 1), 1, (1, 3)),
+               ((2, 8, 15, 15), (8, 8, 3, 3), (2, 2), (2, 2), 1, (2, 2)),
+               ((2, 12, 11, 9), (12, 4, 5, 5), (2, 2), (1, 1), 3, (3, 2)),
+               ((3, 8, 14, 14), (16, 8, 1, 1), (0, 0), (1, 1), 1, (2, 2))]
     tol = 1e-4 if dtype == np.float32 else 1e-10
-    for xs, ws, p, d, g in cases:
+    for xs, ws, p, d, g, *s in [c + ((1, 1),) for c in cases] + strided:
         x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
-        args = ((1, 1), p, d, g)
+        args = (s[0], p, d, g)
         y = ck.conv2d_forward(x, w, None, *args)
         gy = rng.standard_normal(y.shape).astype(dtype)
         refs = (R.conv2d_grad_input(gy, w, x.shape, *args),

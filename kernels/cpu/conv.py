@@ -628,19 +628,25 @@ def gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
 
 
 @njit(**_opts)
-def implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n, ranges, parts):
-    """[dW | db]^T of a stride-1 convolution with no packed columns, the weight-gradient twin
-    of implicit_forward: per image and group, the output gradient is transposed once to (M,
+def implicit_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ranges,
+                         parts):
+    """[dW | db]^T of a convolution with no packed columns, the weight-gradient twin of
+    implicit_forward: per image and group, the output gradient is transposed once to (M,
     O_g) (zeros on the junk columns; its column sums are db), and tap (i, j) adds
     ``shifted planes (C_g x M) @ dY^T`` to the rows c*kH*kW + i*kW + j of parts[t, g] (G,
     C_g*kH*kW + 1, O_g; the caller sums the tasks): one plain product per tap, read in place
-    from the padded planes, which OpenBLAS's small-matrix kernels run at near peak."""
+    from the padded planes (with a stride, their stride phases: see phases_into), which
+    OpenBLAS's small-matrix kernels run at near peak."""
     n_img, n_in, h, wd = x.shape
     kk1, og = parts.shape[2], parts.shape[3]
     taps = kh * kw
     cg = n_in // groups
+    strided = sh > 1 or sw > 1
     pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
-    padded = ph > 0 or pw > 0
+    q_sz = plane
+    if strided:
+        pitch, q_sz, plane, m = _phase_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
+    padded = ph > 0 or pw > 0 or strided  # the input is copied (padded, or split in phases)
     zero = x.dtype.type(0)
     xf = x.reshape(x.size)
     # where column q of the flat layout comes from in the output plane (-1: a junk column)
@@ -653,7 +659,10 @@ def implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n, ran
         gyt = np.empty((m, og), dtype=x.dtype)
         for n in range(ranges[t, 0], ranges[t, 1]):
             xs, base = xf, n * n_in * plane
-            if padded:
+            if strided:
+                xs, base = xp, 0
+                phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xp.reshape((n_in, plane)))
+            elif padded:
                 xs, base = xp, 0
                 pad_flat_into(x, n, n + 1, ph, pw, pitch, xp.reshape((1, n_in, plane)))
             gyn = gy3[n]
@@ -670,7 +679,8 @@ def implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n, ran
                         for o in range(og):
                             gyt[q, o] = zero
                 for tap in range(taps):
-                    shift = (tap // kw) * dh * pitch + (tap % kw) * dw
+                    ai, bj = (tap // kw) * dh, (tap % kw) * dw
+                    shift = ((ai % sh) * sw + bj % sw) * q_sz + (ai // sh) * pitch + bj // sw
                     _gemm_at(False, False, cg, og, m, xs, base + g * cg * plane + shift, plane,
                              gyt, 0, og, 1, parts[t, g], tap * og, taps * og)
 
@@ -1399,13 +1409,17 @@ def _gemm_rows(og, kk1, oh_n, ow_n):
     return max(1, _SMALL_GEMM // (og * kk1 * ow_n))
 
 
-def _use_implicit_weight(cg, og, kh, kw, m):
-    """Stride-1 weight gradients by implicit_grad_weight (no packed columns) where packing
+def _use_implicit_weight(cg, og, kh, kw, stride, m):
+    """Weight gradients by implicit_grad_weight (no packed columns). Stride 1: where packing
     would be large (C_g*kH*kW >= 288, or a 5x5 kernel) and each tap's (C_g x M) @ (M x O_g)
     stays within OpenBLAS's small-matrix kernels. Against gemm_grad_weight, 2 threads: 32->32
     at 16x16 and 14x14 0.90-0.93x the time, 64->64 at 8x8 and 7x7 0.84, 32->16 0.90, 16->32
     5x5 0.90, LeNet's conv2 0.82; where excluded: 3->16 2.9x slower, 16->64 1.13x, 64->64 at
-    16x16 (M*N*K = 1.1e6) 1.08x."""
+    16x16 (M*N*K = 1.1e6) 1.08x. Strided, on the stride phases, from 16 channels: 16->32 3x3
+    stride 2 0.79-0.84x, 32->64 0.79x, 64->128 0.91x, 5x5 stride 3 0.75x; excluded: 1x1
+    shortcuts 1.1x slower, AlexNet's conv1 (3 input channels) 1.6x."""
+    if stride != (1, 1):  # on the stride phases: every tap's product is short
+        return cg >= 16 and og >= 16 and kh * kw > 1
     return ((cg * kh * kw >= 288 or kh * kw >= 25) and og >= 16
             and cg * og * m <= _SMALL_GEMM)
 
@@ -1605,8 +1619,8 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
     plan = _Plan(x_shape, w.shape, stride, padding, dilation, groups, (oh_n, ow_n))
     kk, m = plan.kk, plan.m
     # weight (and bias) gradients by a per-image kernel, the input gradient by its own path
-    implicit_w = (need_weight and plan.flat and blas_k.ready()
-                  and _use_implicit_weight(cg, og, kh, kw, m))
+    implicit_w = (need_weight and blas_k.ready()
+                  and _use_implicit_weight(cg, og, kh, kw, stride, m))
     block = 0
     if need_weight and blas_k.ready() and not implicit_w:
         block = _grad_weight_block(plan.flat, m, ow_n)
@@ -1618,7 +1632,7 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         parts = np.zeros((len(ranges), groups, kk + 1, og), dtype=dtype)
         with blas.single_thread():
             if implicit_w:
-                implicit_grad_weight(gy3, x, groups, kh, kw, ph, pw, dh, dw, oh_n, ow_n,
+                implicit_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
                                      ranges, parts)
             else:
                 gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
