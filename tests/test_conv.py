@@ -201,9 +201,9 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
 @given(cfg=conv_configs(), seed=st.integers(0, 2**16), trans=st.booleans())
 def test_implicit_strided_forward_matches_reference_on_random_configs(dtype, tol, cfg, seed,
                                                                       trans):
-    """Strided forwards of every shape (stride > kernel, one-sided strides, dilation, groups,
-    padding) through the implicit GEMM on the stride phases (forced, whatever the channel
-    counts; products plain or transposed)."""
+    """Strided forwards and input gradients of every shape (stride > kernel, one-sided
+    strides, dilation, groups, padding) through the implicit GEMMs on the stride phases
+    (forced, whatever the channel counts; forward products plain or transposed)."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
 
@@ -215,18 +215,25 @@ def test_implicit_strided_forward_matches_reference_on_random_configs(dtype, tol
     x, w, b = _arrays(cfg, rng, dtype)
     args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
     calls = []
-    kernel = ck.implicit_forward
+    kernel, input_kernel = ck.implicit_forward, ck.implicit_grad_input
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ck, "_use_implicit_strided", lambda stride, *a: stride != (1, 1))
+        mp.setattr(ck, "_use_implicit_input_strided", lambda stride, *a: stride != (1, 1))
         mp.setattr(ck, "_implicit_trans", lambda *a: trans)
         mp.setattr(ck, "implicit_forward", lambda *a: calls.append(1) or kernel(*a))
+        mp.setattr(ck, "implicit_grad_input", lambda *a: calls.append(2) or input_kernel(*a))
         for bias in (b, None):
             y = ck.conv2d_forward(x, w, bias, *args)
             scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
             np.testing.assert_allclose(y, R.conv2d(x, w, bias, *args), atol=tol * scale,
                                        rtol=tol)
             assert y.dtype == dtype
-    assert len(calls) == 2
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gx = ck.conv2d_backward(gy, None, w, *args, True, False, False, x_shape=x.shape)[0]
+    np.testing.assert_allclose(gx, R.conv2d_grad_input(gy, w, x.shape, *args),
+                               atol=tol * (np.abs(gy).sum() + 1), rtol=tol)
+    assert gx.dtype == dtype
+    assert calls == [1, 1, 2]
 
 
 @pytest.mark.parametrize("trans", [False, True])
@@ -240,6 +247,7 @@ def test_implicit_strided_forward_cases(trans, monkeypatch):
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
     monkeypatch.setattr(ck, "_use_implicit_strided", lambda stride, *a: stride != (1, 1))
+    monkeypatch.setattr(ck, "_use_implicit_input_strided", lambda stride, *a: stride != (1, 1))
     monkeypatch.setattr(ck, "_implicit_trans", lambda *a: trans)
     rng = np.random.default_rng(5)
     cases = [((3, 16, 12, 12), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
@@ -257,6 +265,19 @@ def test_implicit_strided_forward_cases(trans, monkeypatch):
         b = rng.standard_normal(ws[0]).astype(np.float32)
         y = ck.conv2d_forward(x, w, b, s, p, d, g)
         np.testing.assert_allclose(y, R.conv2d(x, w, b, s, p, d, g), rtol=1e-4, atol=1e-4)
+        gy = rng.standard_normal(y.shape).astype(np.float32)
+        gx, gw, gb = ck.conv2d_backward(gy, x, w, s, p, d, g, True, True, True)
+        np.testing.assert_allclose(gx, R.conv2d_grad_input(gy, w, x.shape, s, p, d, g),
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(gw, R.conv2d_grad_weight(gy, x, w.shape, s, p, d, g),
+                                   rtol=1e-4, atol=1e-3)
+    # conv_transpose2d's output_padding: input rows and columns that no output reaches
+    x = rng.standard_normal((2, 8, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
+    gx = ck.conv2d_backward(x, None, w, (2, 2), (1, 1), (1, 1), 1, True, False, False,
+                            x_shape=(2, 6, 10, 10))[0]
+    np.testing.assert_allclose(gx, R.conv2d_grad_input(x, w, (2, 6, 10, 10), (2, 2), (1, 1),
+                                                       (1, 1), 1), rtol=1e-4, atol=1e-4)
 
 
 def _check_grads(need, got, refs, dtype, tol):
