@@ -590,6 +590,9 @@ def gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
     cg = n_in // groups
     hp, wp = h + 2 * ph, wd + 2 * pw
     pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
+    # the output's rows, from dY: x may have rows that no output reads (conv_transpose2d's
+    # output_padding)
+    m = (oh_n - 1) * pitch + ow_n
     if not flat:
         pitch, plane, m = ow_n, hp * wp, oh_n * ow_n
     padded = ph > 0 or pw > 0
@@ -669,6 +672,9 @@ def implicit_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, o
     q_sz = plane
     if strided:
         pitch, q_sz, plane, m = _phase_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
+    # the output's rows, from dY: x may have rows that no output reads (conv_transpose2d's
+    # output_padding)
+    m = (oh_n - 1) * pitch + ow_n
     padded = ph > 0 or pw > 0 or strided  # the input is copied (padded, or split in phases)
     zero = x.dtype.type(0)
     xf = x.reshape(x.size)
@@ -709,17 +715,17 @@ def implicit_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, o
 
 
 @njit(**_opts)
-def implicit_grad_input(gy3, wt, kh, kw, sh, sw, ph, pw, dh, dw, ranges, gx):
+def implicit_grad_input(gy3, wt, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ranges, gx):
     """The input gradient of a strided convolution with no packed columns, on the stride
     phases of each image's padded gradient (see phases_into): tap (i, j) adds
     ``W_tap^T (C_g x O_g) @ dY`` (dY laid out with the phase planes' row pitch, zeros on the
     junk columns) into one phase plane at that tap's shift, a product written in place;
-    then the phases go back to NCHW. ``wt`` is (G, kH*kW, O_g, C_g)."""
+    then the phases go back to NCHW. ``wt`` is (G, kH*kW, O_g, C_g); dY has (oh_n, ow_n)
+    pixels (gx may have rows no output reaches: conv_transpose2d's output_padding)."""
     n_img, n_in, h, wd = gx.shape
     groups, taps, og, cg = wt.shape
-    oh_n = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow_n = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     pitch, q_sz, plane, m = _phase_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
+    m = (oh_n - 1) * pitch + ow_n
     zero = gy3.dtype.type(0)
     for t in prange(ranges.shape[0]):
         gxq = np.empty(n_in * plane, dtype=gy3.dtype)
@@ -1461,7 +1467,7 @@ def _implicit_strided_input(gy, w, stride, padding, dilation, groups, gx):
     n_img = gy.shape[0]
     with blas.single_thread():
         implicit_grad_input(gy.reshape(n_img, n_out, -1), wt, kh, kw, *stride, *padding,
-                            *dilation, _task_ranges(n_img), gx)
+                            *dilation, gy.shape[2], gy.shape[3], _task_ranges(n_img), gx)
     return True
 
 
