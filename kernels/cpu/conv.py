@@ -304,6 +304,49 @@ def phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xq):
                         dst[d0 + k] = row[s0 + k * st]
 
 
+@njit(cache=True, inline="always")
+def _implicit_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw):
+    """(pitch, Q, plane, M) of the planes the implicit GEMMs read: the flat layout at stride 1
+    (one plane per channel, Q = plane), else the stride phases (sh*sw planes of Q floats)."""
+    if sh > 1 or sw > 1:
+        return _phase_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
+    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
+    return pitch, plane, plane, m
+
+
+@njit(cache=True, inline="always")
+def _tap_offset(tap, kw, sh, sw, dh, dw, q_sz, pitch):
+    """Where tap (i, j) starts reading in a channel's planes (_implicit_geometry): its phase
+    plane, shifted by (i*dh // sh) rows and (j*dw // sw) columns."""
+    ai, bj = (tap // kw) * dh, (tap % kw) * dw
+    return ((ai % sh) * sw + bj % sw) * q_sz + (ai // sh) * pitch + bj // sw
+
+
+@njit(cache=True, inline="always")
+def _image_planes(x, xf, xp, n, kh, kw, sh, sw, ph, pw, dh, dw, pitch, plane):
+    """(array, offset) of image n's planes for the implicit GEMMs: x itself where unpadded at
+    stride 1, else its copy in xp (padded, or split into its stride phases)."""
+    n_in = x.shape[1]
+    if sh > 1 or sw > 1:
+        phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xp.reshape((n_in, plane)))
+        return xp, 0
+    if ph > 0 or pw > 0:
+        pad_flat_into(x, n, n + 1, ph, pw, pitch, xp.reshape((1, n_in, plane)))
+        return xp, 0
+    return xf, n * n_in * plane
+
+
+@njit(cache=True, inline="always")
+def _output_positions(m, pitch, ow_n):
+    """For each of the M columns of a flat (pitch-wide) layout, its position in the output
+    plane, or -1 for a junk column."""
+    src = np.empty(m, dtype=np.int64)
+    for q in range(m):
+        r, s = q // pitch, q % pitch
+        src[q] = r * ow_n + s if s < ow_n else -1
+    return src
+
+
 @njit(**_serial)
 def unphase_into(xq, n, sh, sw, ph, pw, gx):
     """gx[n] from its padded stride phases in xq (n_in, sh*sw phase planes), the inverse of
@@ -598,11 +641,7 @@ def gemm_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
     padded = ph > 0 or pw > 0
     nq_max = block if flat else block * ow_n
     zero, one = x.dtype.type(0), x.dtype.type(1)
-    # where column q of the flat layout comes from in the output plane (-1: a junk column)
-    src = np.empty(m, dtype=np.int64)
-    for q in range(m):
-        oh, ow = q // pitch, q % pitch
-        src[q] = oh * ow_n + ow if ow < ow_n else -1
+    src = _output_positions(m, pitch, ow_n)  # for the flat layout
     for t in prange(ranges.shape[0]):
         # one padded image (its zeros are written once, here)
         xp_buf = np.zeros(n_in * plane if padded else 1, dtype=x.dtype)
@@ -667,33 +706,19 @@ def implicit_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, o
     kk1, og = parts.shape[2], parts.shape[3]
     taps = kh * kw
     cg = n_in // groups
-    strided = sh > 1 or sw > 1
-    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
-    q_sz = plane
-    if strided:
-        pitch, q_sz, plane, m = _phase_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
+    pitch, q_sz, plane, m = _implicit_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
     # the output's rows, from dY: x may have rows that no output reads (conv_transpose2d's
     # output_padding)
     m = (oh_n - 1) * pitch + ow_n
-    padded = ph > 0 or pw > 0 or strided  # the input is copied (padded, or split in phases)
+    copied = ph > 0 or pw > 0 or sh > 1 or sw > 1  # padded, or split into its stride phases
     zero = x.dtype.type(0)
     xf = x.reshape(x.size)
-    # where column q of the flat layout comes from in the output plane (-1: a junk column)
-    src = np.empty(m, dtype=np.int64)
-    for q in range(m):
-        r, s = q // pitch, q % pitch
-        src[q] = r * ow_n + s if s < ow_n else -1
+    src = _output_positions(m, pitch, ow_n)
     for t in prange(ranges.shape[0]):
-        xp = np.zeros(n_in * plane if padded else 1, dtype=x.dtype)  # borders stay zero
+        xp = np.zeros(n_in * plane if copied else 1, dtype=x.dtype)  # borders stay zero
         gyt = np.empty((m, og), dtype=x.dtype)
         for n in range(ranges[t, 0], ranges[t, 1]):
-            xs, base = xf, n * n_in * plane
-            if strided:
-                xs, base = xp, 0
-                phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xp.reshape((n_in, plane)))
-            elif padded:
-                xs, base = xp, 0
-                pad_flat_into(x, n, n + 1, ph, pw, pitch, xp.reshape((1, n_in, plane)))
+            xs, base = _image_planes(x, xf, xp, n, kh, kw, sh, sw, ph, pw, dh, dw, pitch, plane)
             gyn = gy3[n]
             for g in range(groups):
                 db = parts[t, g, kk1 - 1]
@@ -708,8 +733,7 @@ def implicit_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, o
                         for o in range(og):
                             gyt[q, o] = zero
                 for tap in range(taps):
-                    ai, bj = (tap // kw) * dh, (tap % kw) * dw
-                    shift = ((ai % sh) * sw + bj % sw) * q_sz + (ai // sh) * pitch + bj // sw
+                    shift = _tap_offset(tap, kw, sh, sw, dh, dw, q_sz, pitch)
                     _gemm_at(False, False, cg, og, m, xs, base + g * cg * plane + shift, plane,
                              gyt, 0, og, 1, parts[t, g], tap * og, taps * og)
 
@@ -741,8 +765,7 @@ def implicit_grad_input(gy3, wt, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, ran
                         for c in range(_u(ow_n)):
                             gyf[d0 + c] = src[s0 + c]
                 for tap in range(taps):
-                    ai, bj = (tap // kw) * dh, (tap % kw) * dw
-                    shift = ((ai % sh) * sw + bj % sw) * q_sz + (ai // sh) * pitch + bj // sw
+                    shift = _tap_offset(tap, kw, sh, sw, dh, dw, q_sz, pitch)
                     _gemm_at(True, False, cg, m, og, wt, (g * taps + tap) * og * cg, cg, gyf, 0,
                              m, 1, gxq, g * cg * plane + shift, plane)
             unphase_into(gxq.reshape((n_in, plane)), n, sh, sw, ph, pw, gx)
@@ -771,34 +794,23 @@ def implicit_forward(x, wt, trans, bias, has_bias, kh, kw, sh, sw, ph, pw, dh, d
     n_out = groups * og
     oh_n = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow_n = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    strided = sh > 1 or sw > 1
-    pitch, plane, m = _flat_geometry(h, wd, kh, kw, ph, pw, dh, dw)
-    q_sz = plane
-    if strided:
-        pitch, q_sz, plane, m = _phase_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
-    padded = ph > 0 or pw > 0 or strided  # the input is copied (padded, or split in phases)
+    pitch, q_sz, plane, m = _implicit_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw)
+    copied = ph > 0 or pw > 0 or sh > 1 or sw > 1  # padded, or split into its stride phases
     dense = pitch == ow_n  # no junk columns
     zero = x.dtype.type(0)
     xf, yf = x.reshape(x.size), y3.reshape(y3.size)
     direct = dense and not trans  # the product is this image's output already
     for t in prange(ranges.shape[0]):
-        xp = np.zeros(n_in * plane if padded else 1, dtype=x.dtype)  # borders stay zero
+        xp = np.zeros(n_in * plane if copied else 1, dtype=x.dtype)  # borders stay zero
         out = np.empty(1 if direct else og * m, dtype=x.dtype)
         for n in range(ranges[t, 0], ranges[t, 1]):
-            src, base = xf, n * n_in * plane
-            if strided:
-                src, base = xp, 0
-                phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xp.reshape((n_in, plane)))
-            elif padded:
-                src, base = xp, 0
-                pad_flat_into(x, n, n + 1, ph, pw, pitch, xp.reshape((1, n_in, plane)))
+            src, base = _image_planes(x, xf, xp, n, kh, kw, sh, sw, ph, pw, dh, dw, pitch, plane)
             for g in range(groups):
                 res, r_off = out, 0
                 if direct:
                     res, r_off = yf, (n * n_out + g * og) * m
                 for tap in range(taps):
-                    ai, bj = (tap // kw) * dh, (tap % kw) * dw
-                    shift = ((ai % sh) * sw + bj % sw) * q_sz + (ai // sh) * pitch + bj // sw
+                    shift = _tap_offset(tap, kw, sh, sw, dh, dw, q_sz, pitch)
                     beta = 0 if tap == 0 else 1
                     w_off = (g * taps + tap) * og * cg
                     x_off = base + g * cg * plane + shift
