@@ -231,6 +231,95 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
     assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
 
 
+def _forced_winograd(mp, target, by_pixel):
+    """Route every 3x3 stride-1 convolution through F(2x2, 3x3), ``target`` tiles per set of
+    products (1 or 2: tile rows of one image; larger: whole images), written back pixel by
+    pixel or plane by plane."""
+    from numbaconv.kernels.cpu import winograd as wg
+
+    mp.setattr(wg, "use_winograd", lambda kh, kw, stride, dilation, *a, **k:
+               (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1))
+    mp.setattr(wg, "_TARGET", target)
+    mp.setattr(wg, "_by_pixel", lambda *a: by_pixel)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@given(cfg=conv_configs(), seed=st.integers(0, 2**16), target=st.sampled_from([1, 2, 5, 128]),
+       by_pixel=st.booleans())
+def test_winograd_matches_reference_on_random_configs(dtype, tol, cfg, seed, target,
+                                                       by_pixel):
+    """3x3 stride-1 convolutions of every other shape (odd sizes, padding 0-3, groups, one
+    image) through the F(2x2, 3x3) kernels (forced, whatever the channel counts), in sets of
+    one tile row up to several images: forward and all gradients."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import conv as ck
+
+    if not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    cfg = dict(cfg, s=(1, 1), d=(1, 1), k=(3, 3))
+    cfg["h"], cfg["w"] = max(cfg["h"], 3 - 2 * cfg["p"][0]), max(cfg["w"], 3 - 2 * cfg["p"][1])
+    rng = np.random.default_rng(seed)
+    x, w, b = _arrays(cfg, rng, dtype)
+    args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
+    with pytest.MonkeyPatch.context() as mp:
+        _forced_winograd(mp, target, by_pixel)
+        y = ck.conv2d_forward(x, w, b, *args)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gx, gw, gb = ck.conv2d_backward(gy, x, w, *args, True, True, True)
+    scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
+    np.testing.assert_allclose(y, R.conv2d(x, w, b, *args), atol=tol * scale, rtol=tol)
+    gscale = np.abs(gy).sum() + 1
+    np.testing.assert_allclose(gx, R.conv2d_grad_input(gy, w, x.shape, *args),
+                               atol=tol * gscale, rtol=tol)
+    np.testing.assert_allclose(gw, R.conv2d_grad_weight(gy, x, w.shape, *args),
+                               atol=tol * gscale * np.abs(x).max(), rtol=tol)
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), atol=tol * gscale, rtol=tol)
+    assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
+
+
+@pytest.mark.parametrize("xs,o,p,g", [
+    ((5, 32, 16, 16), 32, (1, 1), 1),    # ResNet's 32-channel layer
+    ((3, 64, 8, 8), 64, (1, 1), 1),
+    ((2, 32, 7, 9), 48, (0, 2), 1),      # odd sizes, one-sided padding
+    ((3, 32, 6, 6), 32, (3, 1), 1),      # padding 3: input gradient by the implicit GEMMs
+    ((1, 64, 5, 5), 64, (1, 1), 2),      # groups
+    ((4, 16, 8, 8), 16, (1, 1), 1),      # 16 channels on 8x8 maps
+    ((2, 16, 16, 16), 24, (1, 1), 1),    # weight gradient only
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_dispatch_matches_reference(xs, o, p, g, dtype, monkeypatch):
+    """Layers that the dispatch sends to F(2x2, 3x3) (forward, input or weight gradient), with
+    their real channel counts, in sets of many tile rows or of one (target 8), through the
+    Tensor API: values and all gradients against the reference."""
+    from numbaconv.kernels.cpu import blas as blas_k
+    from numbaconv.kernels.cpu import winograd as wg
+
+    if not blas_k.ready():
+        pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
+    oh, ow = xs[2] + 2 * p[0] - 2, xs[3] + 2 * p[1] - 2
+    cg, og = xs[1] // g, o // g
+    assert wg.use_winograd(3, 3, (1, 1), (1, 1), cg, og, oh * ow, weight=True)
+    rng = np.random.default_rng(sum(xs) + o)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal((o, cg, 3, 3)) / np.sqrt(9 * cg)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    tol = 3e-5 if dtype == np.float32 else 1e-12
+    for target in (128, 8):
+        monkeypatch.setattr(wg, "_TARGET", target)
+        X, W, B = (nc.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = F.conv2d(X, W, B, padding=p, groups=g)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        y.backward(nc.tensor(gy))
+        args = ((1, 1), p, (1, 1), g)
+        for got, ref in ((y, R.conv2d(x, w, b, *args)),
+                         (X.grad, R.conv2d_grad_input(gy, w, x.shape, *args)),
+                         (W.grad, R.conv2d_grad_weight(gy, x, w.shape, *args)),
+                         (B.grad, gy.sum(axis=(0, 2, 3)))):
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got.numpy(), ref, rtol=tol,
+                                       atol=tol * (np.abs(ref).max() + 1))
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 @given(cfg=conv_configs(), seed=st.integers(0, 2**16), trans=st.booleans())
 def test_implicit_strided_forward_matches_reference_on_random_configs(dtype, tol, cfg, seed,

@@ -9,11 +9,12 @@ import textwrap
 
 import numpy as np
 from numba.core.dispatcher import Dispatcher
-from numbaconv.kernels.cpu import conv, elementwise, loading, lrn, norm, optim, pool, random
+from numbaconv.kernels.cpu import (conv, elementwise, loading, lrn, norm, optim, pool, random,
+                                   winograd)
 
 import numbaconv.backend.cpu  # noqa: F401  (installs the release on the package's kernels)
 
-KERNEL_MODULES = (conv, elementwise, lrn, norm, optim, pool, random)
+KERNEL_MODULES = (conv, elementwise, lrn, norm, optim, pool, random, winograd)
 CPU_DIR = pathlib.Path(conv.__file__).parent
 
 
@@ -27,7 +28,8 @@ def test_parallel_kernels_are_never_called_from_jitted_code():
     # the release is safe only for entry points: a jitted caller compiled later would link the
     # kernel's module
     parallel = set().union(*(_parallel_kernels(m) for m in KERNEL_MODULES))
-    assert {"gemm_forward", "implicit_forward", "max_pool2d_backward"} <= parallel
+    assert {"gemm_forward", "implicit_forward", "max_pool2d_backward",
+            "winograd_forward"} <= parallel
     offenders = []
     for path in sorted(CPU_DIR.glob("*.py")):
         for node in ast.parse(path.read_text()).body:

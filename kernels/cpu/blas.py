@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import ctypes
 
+import numpy as np
+from numba import njit, types
+
 # names the kernels link against
 SGEMM = "numbaconv_cblas_sgemm"
 DGEMM = "numbaconv_cblas_dgemm"
@@ -56,3 +59,39 @@ def ready() -> bool:
             llvm.add_symbol(DGEMM, found[1])
         _state["ready"] = found is not None
     return _state["ready"]
+
+
+# NumPy's own CBLAS ?gemm (64-bit integers), registered under these names by ready().
+_ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
+_sgemm = types.ExternalFunction(SGEMM, types.void(
+    types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float32,
+    types.intp, types.int64, types.intp, types.int64, types.float32, types.intp, types.int64))
+_dgemm = types.ExternalFunction(DGEMM, types.void(
+    types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float64,
+    types.intp, types.int64, types.intp, types.int64, types.float64, types.intp, types.int64))
+
+
+@njit(cache=True, inline="always")
+def gemm_at(trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+    """c[c_off:] = op(a[a_off:]) @ op(b[b_off:]) + beta * c[c_off:], BLAS-style: row-major
+    matrices given by an array, an element offset and a leading dimension."""
+    size = c.itemsize
+    pa, pb, pc = a.ctypes.data + a_off * size, b.ctypes.data + b_off * size, \
+        c.ctypes.data + c_off * size
+    ta = _TRANS if trans_a else _NO_TRANS
+    tb = _TRANS if trans_b else _NO_TRANS
+    if size == 4:
+        _sgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float32(1),
+               pa, np.int64(lda), pb, np.int64(ldb), np.float32(beta), pc, np.int64(ldc))
+    else:
+        _dgemm(_ROW_MAJOR, ta, tb, np.int64(m), np.int64(n), np.int64(k), np.float64(1),
+               pa, np.int64(lda), pb, np.int64(ldb), np.float64(beta), pc, np.int64(ldc))
+
+
+@njit(cache=True, inline="always")
+def gemm(trans_a, trans_b, a, b, beta, c):
+    """c = op(a) @ op(b) + beta * c on the calling thread, for C-contiguous 2-D arrays (op
+    transposes where asked). The caller holds BLAS at one thread."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    gemm_at(trans_a, trans_b, m, n, k, a, 0, a.shape[1], b, 0, b.shape[1], beta, c, 0, n)

@@ -18,9 +18,11 @@ from ..kernels.cpu import norm as norm_k
 from ..kernels.cpu import optim as optim_k
 from ..kernels.cpu import pool as pool_k
 from ..kernels.cpu import random as random_k
+from ..kernels.cpu import winograd as winograd_k
 
 # kernels loaded from Numba's cache drop the LLVM module kept only for linking (see loading.py)
-loading.release_linking_modules(conv_k, ew, lrn_k, norm_k, optim_k, pool_k, random_k)
+loading.release_linking_modules(conv_k, ew, lrn_k, norm_k, optim_k, pool_k, random_k,
+                                winograd_k)
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
