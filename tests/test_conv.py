@@ -234,13 +234,14 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
 def _forced_winograd(mp, target, by_pixel):
     """Route every 3x3 stride-1 convolution through F(2x2, 3x3), ``target`` tiles per set of
     products (1 or 2: tile rows of one image; larger: whole images), written back pixel by
-    pixel or plane by plane."""
+    pixel and read all channels at once, or plane by plane and read two channels at once."""
     from numbaconv.kernels.cpu import winograd as wg
 
     mp.setattr(wg, "use_winograd", lambda kh, kw, stride, dilation, *a, **k:
                (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1))
     mp.setattr(wg, "_TARGET", target)
     mp.setattr(wg, "_by_pixel", lambda *a: by_pixel)
+    mp.setattr(wg, "_group", lambda n_planes, plane_bytes: n_planes if by_pixel else 2)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
@@ -283,8 +284,8 @@ def test_winograd_matches_reference_on_random_configs(dtype, tol, cfg, seed, tar
     ((2, 32, 7, 9), 48, (0, 2), 1),      # odd sizes, one-sided padding
     ((3, 32, 6, 6), 32, (3, 1), 1),      # padding 3: input gradient by the implicit GEMMs
     ((1, 64, 5, 5), 64, (1, 1), 2),      # groups
-    ((4, 16, 8, 8), 16, (1, 1), 1),      # 16 channels on 8x8 maps
-    ((2, 16, 16, 16), 24, (1, 1), 1),    # weight gradient only
+    ((4, 16, 8, 8), 16, (1, 1), 1),      # 16 channels: weight gradient only
+    ((2, 16, 16, 16), 32, (1, 1), 1),    # forward and weight gradient
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_winograd_dispatch_matches_reference(xs, o, p, g, dtype, monkeypatch):
@@ -296,9 +297,8 @@ def test_winograd_dispatch_matches_reference(xs, o, p, g, dtype, monkeypatch):
 
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
-    oh, ow = xs[2] + 2 * p[0] - 2, xs[3] + 2 * p[1] - 2
     cg, og = xs[1] // g, o // g
-    assert wg.use_winograd(3, 3, (1, 1), (1, 1), cg, og, oh * ow, weight=True)
+    assert wg.use_winograd(3, 3, (1, 1), (1, 1), cg, og, weight=True)
     rng = np.random.default_rng(sum(xs) + o)
     x = rng.standard_normal(xs).astype(dtype)
     w = (rng.standard_normal((o, cg, 3, 3)) / np.sqrt(9 * cg)).astype(dtype)

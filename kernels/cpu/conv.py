@@ -1582,7 +1582,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     y = np.empty((n_img, n_out, oh_n, ow_n), dtype=x.dtype)
     if y.size == 0:
         return y
-    if winograd.use_winograd(kh, kw, stride, dilation, cg, og, oh_n * ow_n):
+    if winograd.use_winograd(kh, kw, stride, dilation, cg, og):
         return winograd.conv(x, w, b, padding, groups, y)
     if _use_implicit(stride, cg, og) or _use_implicit_strided(stride, cg, og, kh, kw):
         return _implicit_conv(x, w, b, stride, padding, dilation, groups, y)
@@ -1651,11 +1651,10 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         return (gx, np.zeros(w.shape, dtype) if need_weight else None,
                 np.zeros(n_out, dtype) if need_bias else None)
     # F(2x2, 3x3) for the input and for the weight gradient, each where it pays (see there)
-    wino_x = (need_input and winograd.use_winograd(kh, kw, stride, dilation, cg, og,
-                                                   oh_n * ow_n)
+    wino_x = (need_input and winograd.use_winograd(kh, kw, stride, dilation, og, cg)
               and winograd.grad_input(gy, w, padding, groups, gx))
     wino_w = need_weight and winograd.use_winograd(kh, kw, stride, dilation, cg, og,
-                                                   oh_n * ow_n, weight=True)
+                                                   weight=True)
     if wino_x or wino_w:
         if need_input and not wino_x:
             gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,

@@ -18,6 +18,11 @@ convolution: 2.25x fewer FLOPs, at float32 rounding errors like the direct metho
 transforms only add, subtract and halve). F(4x4, 3x3) would save 4x but loses about an order
 of magnitude of float32 accuracy; F(2x2, 3x3) does not.
 
+An infinity in the input turns into NaN (inf - inf) in the transformed values of the tiles it
+falls in, and a NaN or infinity reaches every output of those tiles: up to a 4x4 block of
+outputs instead of the 3x3 it reaches directly (as in cuDNN's and oneDNN's Winograd kernels).
+A NaN input still gives a NaN loss.
+
 Layout. The transforms work channels-last so that every loop runs along channels: each image is
 first transposed into a zero-padded tile buffer ``xt[R, col % 2, col // 2, C]`` (its columns
 split by parity, so that the 4 columns of every tile of a tile row are one shift apart), the
@@ -64,19 +69,22 @@ def _tiles(oh_n, ow_n):
 
 
 @njit(**_serial)
-def to_tiles(x, n, ph, pw, tw, xt):
+def to_tiles(x, n, ph, pw, cols, group, xt):
     """xt[R, col % 2, col // 2, c] = x[n, c, R - ph, col - pw] (channels last, columns split
-    by parity) wherever that is inside x; the rest of xt (the padding) is left as it is."""
+    by parity into halves of ``cols`` columns) wherever that is inside x; the rest of xt (the
+    padding) is left as it is. Pixel by pixel, ``group`` channels at a time (see _group)."""
     n_ch, h, wd = x.shape[1], x.shape[2], x.shape[3]
-    half = (tw + 1) * n_ch
-    for r in range(h):
-        row = (r + ph) * 2 * half
-        for s in range(wd):
-            col = s + pw
-            d = _u(row + (col % 2) * half + (col // 2) * n_ch)
-            src = x[n, :, r, s]
-            for c in range(_u(n_ch)):
-                xt[d + c] = src[c]
+    half = cols * n_ch
+    for c0 in range(0, n_ch, group):
+        c1 = min(c0 + group, n_ch)
+        for r in range(h):
+            row = (r + ph) * 2 * half
+            for s in range(wd):
+                col = s + pw
+                d = _u(row + (col % 2) * half + (col // 2) * n_ch)
+                src = x[n, :, r, s]
+                for c in range(_u(c0), _u(c1)):
+                    xt[d + c] = src[c]
 
 
 @njit(cache=True, inline="always")
@@ -155,7 +163,7 @@ def from_tiles(yt, tw, n, by_pixel, y):
 
 
 @njit(**_opts)
-def winograd_forward(x, wu, bias_row, ph, pw, block, rows, by_pixel, ranges, y):
+def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, by_pixel, ranges, y):
     """y = conv2d(x, w) + b for a 3x3 kernel at stride 1 (padding ph, pw; y gives the output
     size), by F(2x2, 3x3). ``wu`` is the transformed kernel (16, G, C_g, O_g) (see
     transform_weight), ``bias_row`` the bias repeated once per tile column (zeros for none).
@@ -181,7 +189,7 @@ def winograd_forward(x, wu, bias_row, ph, pw, block, rows, by_pixel, ranges, y):
                 ct = (a1 - a0) * tw  # tiles per image in this set
                 for i in range(nb):
                     if a0 == 0:
-                        to_tiles(x, n0 + i, ph, pw, tw, xt)
+                        to_tiles(x, n0 + i, ph, pw, tw + 1, group, xt)
                     transform_input(xt, n_in, a0, a1, tw, i * ct, sv, v)
                 for xi in range(16):
                     for g in range(groups):
@@ -199,20 +207,13 @@ def winograd_forward(x, wu, bias_row, ph, pw, block, rows, by_pixel, ranges, y):
                         from_tiles(yt, tw, n0 + i, by_pixel, y)
 
 
-@njit(**_serial)
-def grad_to_tiles(gy, n, tw, gt, db):
-    """gt[r, s % 2, s // 2, o] = gy[n, o, r, s] (the rest of gt, past an odd edge, left
-    zero); adds each value to db[o]."""
-    n_out, oh_n, ow_n = gy.shape[1], gy.shape[2], gy.shape[3]
-    half = tw * n_out
-    for r in range(oh_n):
-        for s in range(ow_n):
-            d = _u(r * 2 * half + (s % 2) * half + (s // 2) * n_out)
-            src = gy[n, :, r, s]
-            for o in range(_u(n_out)):
-                val = src[o]
-                gt[d + o] = val
-                db[o] += val
+@njit(cache=True, inline="always")
+def _add_rows(buf, width, n_rows, acc):
+    """acc += the sum of the n_rows rows of ``width`` values at the start of buf."""
+    for k in range(n_rows):
+        base = _u(k * width)
+        for j in range(_u(width)):
+            acc[j] += buf[base + j]
 
 
 @njit(cache=True, inline="always")
@@ -248,7 +249,8 @@ def _grad_row1(gt, r0, sign, half, n_out, t_off, k, sd, tw, dyw):
 
 
 @njit(**_opts)
-def winograd_grad_weight(gy, x, ph, pw, block, rows, ranges, parts, db_parts):
+def winograd_grad_weight(gy, x, ph, pw, block, rows, group, group_gy, ranges, parts,
+                         db_parts):
     """Weight gradient of a 3x3 stride-1 convolution by F(2x2, 3x3): task t adds, over its
     images ranges[t], ``V[xi]^T @ (A dY A^T)[xi]`` to parts[t, xi, g] (C_g x O_g), and the sums
     of dY to db_parts[t]; the caller sums the tasks and applies G^T . G (see
@@ -264,6 +266,7 @@ def winograd_grad_weight(gy, x, ph, pw, block, rows, ranges, parts, db_parts):
     for t in prange(ranges.shape[0]):
         xt = np.zeros((2 * th + 2) * 2 * (tw + 1) * n_in, dtype=x.dtype)
         gt = np.zeros(2 * th * 2 * half, dtype=x.dtype)  # past an odd edge stays 0
+        db_row = np.zeros(half, dtype=x.dtype)
         v = np.empty(16 * sv, dtype=x.dtype)
         dyw = np.empty(16 * sd, dtype=x.dtype)
         for n0 in range(ranges[t, 0], ranges[t, 1], block):
@@ -273,8 +276,9 @@ def winograd_grad_weight(gy, x, ph, pw, block, rows, ranges, parts, db_parts):
                 ct = (a1 - a0) * tw
                 for i in range(nb):
                     if a0 == 0:
-                        to_tiles(x, n0 + i, ph, pw, tw, xt)
-                        grad_to_tiles(gy, n0 + i, tw, gt, db_parts[t])
+                        to_tiles(x, n0 + i, ph, pw, tw + 1, group, xt)
+                        to_tiles(gy, n0 + i, 0, 0, tw, group_gy, gt)
+                        _add_rows(gt, half, 4 * th, db_row)
                     transform_input(xt, n_in, a0, a1, tw, i * ct, sv, v)
                     for a in range(a0, a1):
                         t_off = (i * ct + (a - a0) * tw) * n_out
@@ -287,6 +291,9 @@ def winograd_grad_weight(gy, x, ph, pw, block, rows, ranges, parts, db_parts):
                     for g in range(groups):
                         gemm_at(True, False, cg, og, nb * ct, v, xi * sv + g * cg, n_in, dyw,
                                 xi * sd + g * og, n_out, 1, parts[t, xi, g], 0, og)
+        for b in range(tw):  # db: the sums of dY, still per tile column
+            for o in range(n_out):
+                db_parts[t, o] += db_row[b * n_out + o]
 
 
 # ---------------------------------------------------------------------- kernel transforms
@@ -352,26 +359,26 @@ def weight_from_transformed(du, dw):
 
 
 # ---------------------------------------------------------------------- host side
-def use_winograd(kh, kw, stride, dilation, cg, og, pixels, weight=False):
-    """Whether a convolution (or with ``weight`` its weight gradient) runs by F(2x2, 3x3):
-    3x3 kernels at stride 1 without dilation, 16+ input and output channels per group,
-    ``pixels`` output pixels per image, where NumPy's BLAS can be called from a kernel.
+def use_winograd(kh, kw, stride, dilation, cg, og, weight=False):
+    """Whether a convolution with ``cg`` input and ``og`` output channels per group (for an
+    input gradient: the convolution of dY, from O_g to C_g channels), or with ``weight`` its
+    weight gradient, runs by F(2x2, 3x3): 3x3 kernels at stride 1 without dilation, 16+
+    channels in and out, where NumPy's BLAS can be called from a kernel.
 
-    Against the implicit GEMMs, 2 threads, time ratios (forward / input gradient / weight
-    gradient; batch 64 unless given): 32->32 at 16x16 0.70 / 0.70 / 0.74, 64->64 at 8x8 0.71 /
-    0.70 / 0.62, 64->64 at 16x16 0.44 / 0.43 / 0.51 (1 thread), 128->128 at 8x8 0.52 / 0.48 /
-    0.46 (1 thread), 16->16 at 8x8 (batch 128) 0.90 / 0.85 / 0.29, 32->32 at 32x32 (batch 32)
-    0.78 / 0.78 / 1.02. With fewer channels the transforms, which cost the same per value
-    whatever the channels, outweigh the products: 16->16 at 32x32 1.22 / 1.21 / 1.43, 24->24 at
-    16x16 1.17 / 1.10 / 0.72, 16->32 at 32x32 0.94 / 1.43 / 1.33. Hence: forward and input
-    gradient with 32+ channels in and out or up to 8x8 outputs; weight gradient up to 16x16
-    outputs (on larger maps the implicit GEMMs are as fast)."""
+    Against the implicit GEMMs and direct kernels, 2 threads, time ratios (batch 64 unless
+    given). Weight gradients: 0.25-0.66 from 16 to 256 channels and 8x8 to 56x56 maps (16->16
+    at 32x32 0.90-0.96, 32->32 0.51, 64->64 at 8x8 0.62, 256->256 at 14x14 0.58): always.
+    Forward convolutions (and input gradients): 32->32 at 16x16 0.70, 64->64 at 8x8 0.71,
+    32->32 at 32x32 (batch 32) 0.62, 64->64 0.31, 64->64 at 56x56 (batch 8) 0.58, 128->128 at
+    28x28 0.77, 16->32 0.81-0.97; but 16->16 1.17-1.24, 24->24 1.07-1.09, 32->16 0.97-1.08:
+    the transforms cost the same per value whatever the channel count, and with fewer than
+    32 outputs the products they save are too few. 256->256 at 14x14 (batch 4) ran 2.2x
+    slower: its 16 transformed kernels (4 MiB) no longer stay in cache between sets of
+    products."""
     if not ((kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and cg >= 16
             and og >= 16 and blas_k.ready()):
         return False
-    if weight:
-        return pixels <= 256
-    return (cg >= 32 and og >= 32) or pixels <= 64
+    return weight or (og >= 32 and cg * og <= 128 * 128)
 
 
 def _chunks(th, tw, cg, og, target):
@@ -385,17 +392,38 @@ def _chunks(th, tw, cg, og, target):
 _TARGET = 128
 
 
+# L1 data cache: 64-byte lines in 64 sets (48 KiB, 12 ways, on the Zen 5 development machine;
+# 32-48 KiB and 8-12 ways on other x86 cores of the last decade).
+_L1_SETS, _LINE = 64, 64
+
+
+def _sets(plane_bytes):
+    """How many L1 sets the lines at one offset of planes ``plane_bytes`` apart fall into."""
+    if plane_bytes % _LINE:
+        return _L1_SETS
+    lines = (plane_bytes // _LINE) % _L1_SETS
+    return _L1_SETS // int(np.gcd(lines, _L1_SETS)) if lines else 1
+
+
+def _group(n_planes, plane_bytes):
+    """Channels that to_tiles reads at once, pixel by pixel: all of them, unless more than 16
+    of their lines fall into one L1 set (they would evict each other before the next pixel's
+    read), then 8 per set. Reading 64 channels of 32x32 float32 planes (4 KiB apart, one set)
+    8 at a time took 1.5 ms per batch of 64 instead of 6.5, 32 channels 0.74 instead of 1.23;
+    16 channels, 16 lines per set, 0.40 all at once and 0.45 in eights. (Channel by channel,
+    with contiguous reads, ran 1.06-1.11x slower on 16 and 32 channels, 1.5-2.2x on 64.)"""
+    sets = _sets(plane_bytes)
+    if -(-n_planes // sets) <= 16:
+        return n_planes
+    return 8 * sets
+
+
 def _by_pixel(n_out, oh_n, ow_n, itemsize):
     """Whether from_tiles writes pixel by pixel: one write into each of the n_out output planes
-    per pixel, which thrashes L1 (48 KiB, 12 ways of 64 sets of 64-byte lines) where too many
-    planes fall into the same sets (16 channels of 32x32 float32 planes, 4 KiB apart, ran 4x
-    slower than plane by plane)."""
-    plane = oh_n * ow_n * itemsize
-    if plane % 64:
-        return True
-    lines = (plane // 64) % 64
-    sets = 64 // np.gcd(lines, 64) if lines else 1
-    return -(-n_out // sets) <= 8
+    per pixel. Written lines are evicted sooner than read ones: with more than 8 per L1 set,
+    plane by plane (16 channels of 32x32 float32 planes ran 4x slower pixel by pixel, 64 of
+    16x16, 16 lines per set, 6x)."""
+    return -(-n_out // _sets(oh_n * ow_n * itemsize)) <= 8
 
 
 def _ranges(n_img):
@@ -436,8 +464,9 @@ def _forward(x, wu, b, padding, y):
     tw = (ow_n + 1) // 2
     bias_row = np.tile(b, tw) if b is not None else np.zeros(tw * n_out, dtype=x.dtype)
     block, rows = _chunks((oh_n + 1) // 2, tw, cg, og, _TARGET)
+    group = _group(x.shape[1], x.shape[2] * x.shape[3] * x.itemsize)
     with blas.single_thread():
-        winograd_forward(x, wu, bias_row, padding[0], padding[1], block, rows,
+        winograd_forward(x, wu, bias_row, padding[0], padding[1], block, rows, group,
                          _by_pixel(n_out, oh_n, ow_n, x.itemsize), _ranges(n_img), y)
 
 
@@ -451,8 +480,9 @@ def grad_weight(gy, x, padding, groups, need_bias):
     db_parts = np.zeros((len(ranges), n_out), dtype=x.dtype)
     block, rows = _chunks((oh_n + 1) // 2, (ow_n + 1) // 2, cg, og, _TARGET)
     with blas.single_thread():
-        winograd_grad_weight(gy, x, padding[0], padding[1], block, rows, ranges, parts,
-                             db_parts)
+        winograd_grad_weight(gy, x, padding[0], padding[1], block, rows,
+                             _group(x.shape[1], x.shape[2] * x.shape[3] * x.itemsize),
+                             _group(n_out, oh_n * ow_n * x.itemsize), ranges, parts, db_parts)
     dw = np.empty((n_out, cg, 3, 3), dtype=x.dtype)
     weight_from_transformed(parts.sum(axis=0), dw)
     return dw, (db_parts.sum(axis=0) if need_bias else None)
