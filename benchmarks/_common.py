@@ -45,6 +45,28 @@ def median_time(fn, warmup: int = 2, repeats: int = 7, min_time: float = 0.3,
     return statistics.median(times)
 
 
+def interleaved_medians(fns, rounds: int = 9, min_time: float = 0.03,
+                        warmup_time: float = 0.3) -> list:
+    """Median seconds per call of each of ``fns``, measured in alternation: each of ``rounds``
+    rounds times every function in turn over at least ``min_time`` (the median call of
+    that stretch), after a warm-up of each (as in median_time). Functions compared this way
+    see the same machine state (clock, other load, cache), so their ratio moves less from run
+    to run than that of timings taken one after the other."""
+    for fn in fns:
+        median_time(fn, repeats=1, min_time=0, warmup_time=warmup_time)
+    per_round = [[] for _ in fns]
+    for _ in range(rounds):
+        for times, fn in zip(per_round, fns):
+            stretch = []
+            start = time.perf_counter()
+            while not stretch or (time.perf_counter() - start < min_time and len(stretch) < 50):
+                t0 = time.perf_counter()
+                fn()
+                stretch.append(time.perf_counter() - t0)
+            times.append(statistics.median(stretch))
+    return [statistics.median(times) for times in per_round]
+
+
 def blas_info() -> str:
     try:
         from threadpoolctl import threadpool_info

@@ -2,8 +2,10 @@
 
 For each convolution, pooling and LRN shape: median milliseconds of the forward and of the
 forward+backward pass for both libraries, at 2 threads and at 1, and the ratio
-numbaconv/PyTorch (below 1.0: numbaconv is faster). Compile time (the first call, which
-includes Numba's JIT or cache load) is reported separately and excluded from the medians.
+numbaconv/PyTorch (below 1.0: numbaconv is faster). The four are timed in alternation, nine
+rounds of at least 30 ms each, so that drift of the machine's speed during a run moves both
+libraries alike. Compile time (the first call, which includes Numba's JIT or cache load) is
+reported separately and excluded from the medians.
 
     python benchmarks/ops.py                 # everything
     python benchmarks/ops.py --only conv --threads 2
@@ -23,7 +25,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import blas_info, median_time, set_threads  # noqa: E402
+from _common import blas_info, interleaved_medians, median_time, set_threads  # noqa: E402
 
 import numbaconv as nc  # noqa: E402
 import numbaconv.functional as F  # noqa: E402
@@ -105,9 +107,10 @@ def run_case(label, arrays, ours, theirs, flops, threads):
             t.grad = None
         ours(*nx).backward(gy)
 
-    row = {"label": label, "threads": threads, "compile_s": compile_s,
-           "nc_fwd": median_time(nc_fwd), "nc_fb": median_time(nc_fwd_bwd)}
-    if torch is not None:
+    row = {"label": label, "threads": threads, "compile_s": compile_s}
+    if torch is None:
+        row["nc_fwd"], row["nc_fb"] = interleaved_medians([nc_fwd, nc_fwd_bwd])
+    else:
         tx = [torch.tensor(a, requires_grad=True) for a in arrays]
         tg = torch.tensor(gy.numpy())
 
@@ -120,8 +123,9 @@ def run_case(label, arrays, ours, theirs, flops, threads):
                 t.grad = None
             theirs(*tx).backward(tg)
 
-        row["th_fwd"] = median_time(th_fwd)
-        row["th_fb"] = median_time(th_fwd_bwd)
+        # in alternation, so that both libraries are timed in the same state of the machine
+        row["nc_fwd"], row["th_fwd"], row["nc_fb"], row["th_fb"] = interleaved_medians(
+            [nc_fwd, th_fwd, nc_fwd_bwd, th_fwd_bwd])
     if flops:
         row["gflops_fwd"] = flops / row["nc_fwd"] / 1e9
     return row

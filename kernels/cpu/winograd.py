@@ -87,7 +87,7 @@ def to_tiles(x, n, ph, pw, cols, group, xt):
                     xt[d + c] = src[c]
 
 
-@njit(cache=True, inline="always")
+@njit(**_serial)
 def _in_row(xt, v, rp, rq, sign, row_w, n_ch, t_off, k, sv, tw):
     """Transformed values 4k .. 4k+3 of one tile row: the row combination
     ``xt row rp + sign * xt row rq`` (B^T's row k), then B^T's columns along it."""
@@ -107,7 +107,7 @@ def _in_row(xt, v, rp, rq, sign, row_w, n_ch, t_off, k, sv, tw):
         v[d + _u(3) * s + j] = c1 - c3
 
 
-@njit(cache=True, inline="always")
+@njit(**_serial)
 def transform_input(xt, n_ch, a0, a1, tw, t0, sv, v):
     """V = B^T d B of the tile rows a0 .. a1-1 of one image (tile buffer xt, see to_tiles)
     into v[xi * sv + (t0 + tile) * n_ch + c], tiles counted from row a0."""
@@ -122,7 +122,7 @@ def transform_input(xt, n_ch, a0, a1, tw, t0, sv, v):
         _in_row(xt, v, r + 1, r + 3, minus, row_w, n_ch, t_off, 3, sv, tw)
 
 
-@njit(cache=True, inline="always")
+@njit(**_serial)
 def _out_row(mm, brow, k0, sign, sm, m_off, yt, y_off, half, n):
     """One output row of a tile row from the products M: A^T's row (rows k0, k0+1, k0+2 of
     the 4x4 grid, the last two times ``sign``), then A^T's columns, plus the bias row."""
@@ -207,7 +207,7 @@ def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, by_pixel, rang
                         from_tiles(yt, tw, n0 + i, by_pixel, y)
 
 
-@njit(cache=True, inline="always")
+@njit(**_serial)
 def _add_rows(buf, width, n_rows, acc):
     """acc += the sum of the n_rows rows of ``width`` values at the start of buf."""
     for k in range(n_rows):
@@ -225,7 +225,7 @@ def _grad_cols(e, o, d, s, j, dyw):
     dyw[d + _u(3) * s + j] = -o
 
 
-@njit(cache=True, inline="always")
+@njit(**_serial)
 def _grad_row(gt, r0, r1, sign, half, n_out, t_off, k, sd, tw, dyw):
     """Values 4k .. 4k+3 of A dY A^T for one tile row, k = 1 or 2: A's row k on the tile's
     two output rows (row r0 + sign * row r1), then A's columns along it."""
@@ -237,7 +237,7 @@ def _grad_row(gt, r0, r1, sign, half, n_out, t_off, k, sd, tw, dyw):
                    dyw)
 
 
-@njit(cache=True, inline="always")
+@njit(**_serial)
 def _grad_row1(gt, r0, sign, half, n_out, t_off, k, sd, tw, dyw):
     """Values 4k .. 4k+3 of A dY A^T for one tile row, k = 0 or 3: A's row k picks one output
     row (sign * row r0), then A's columns along it."""
