@@ -9,8 +9,17 @@ import textwrap
 
 import numpy as np
 from numba.core.dispatcher import Dispatcher
-from numbaconv.kernels.cpu import (conv, elementwise, loading, lrn, norm, optim, pool, random,
-                                   winograd)
+from numbaconv.kernels.cpu import (
+    conv,
+    elementwise,
+    loading,
+    lrn,
+    norm,
+    optim,
+    pool,
+    random,
+    winograd,
+)
 
 import numbaconv.backend.cpu  # noqa: F401  (installs the release on the package's kernels)
 
