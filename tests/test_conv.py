@@ -91,12 +91,16 @@ def test_conv_transpose2d_matches_reference(cfg, seed, data):
     (16, 16, (3, 3), (2, 2), (1, 1), (2, 1), 1, (3, 1)),   # on stride phases, op >= stride
     (16, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1, (1, 1)),
     (16, 12, (3, 2), (2, 3), (0, 1), (1, 2), 1, (1, 1)),   # strided weight gradient blocks
+    (32, 32, (3, 3), (1, 1), (1, 1), (0, 0), 1, (1, 1)),   # F(2x2, 3x3) forward and gradients
+    (16, 32, (3, 3), (1, 1), (0, 2), (0, 0), 1, (1, 1)),
+    (64, 64, (3, 3), (1, 1), (2, 1), (0, 0), 2, (1, 1)),
 ])
 def test_conv_transpose2d_output_padding_gradients(c_in, c_out, k, s, p, op, g, d):
     """conv_transpose2d with output_padding on layers wide enough for the implicit and
     blocked GEMM kernels (its forward is conv2d's input gradient, its weight gradient conv2d's
-    with an input that has rows no output reads): the output against the reference, and the
-    gradients by directional derivatives (exact: the op is linear in each input)."""
+    with an input that has rows no output reads), and at stride 1 on layers that take the
+    Winograd kernels: the output against the reference, and the gradients by directional
+    derivatives (exact: the op is linear in each input)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, c_in, 6, 7))
     w = rng.standard_normal((c_in, c_out // g) + k)
