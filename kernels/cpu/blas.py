@@ -61,7 +61,10 @@ def ready() -> bool:
     return _state["ready"]
 
 
-# NumPy's own CBLAS ?gemm (64-bit integers), registered under these names by ready().
+# NumPy's own CBLAS ?gemm (64-bit integers), registered under these names by ready(). The
+# kernels of conv.py and winograd.py inline gemm_at; Numba's on-disk cache checks only the
+# file of each kernel, so after editing gemm_at, delete kernels/cpu/__pycache__ (their cached
+# machine code would keep the old version).
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
 _sgemm = types.ExternalFunction(SGEMM, types.void(
     types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float32,
