@@ -204,6 +204,21 @@ def test_flat_direct_kernels_match_reference(xs, ws, p, d, g, x_grad, dtype):
     assert y.dtype == dtype and W.grad.dtype == dtype
 
 
+def _assert_matches_reference(x, w, b, args, gy, y, grads, dtype, tol):
+    """A convolution's output and (input, weight, bias) gradients against the reference, each
+    with a tolerance scaled to its magnitude, all of ``dtype``."""
+    gx, gw, gb = grads
+    scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
+    np.testing.assert_allclose(y, R.conv2d(x, w, b, *args), atol=tol * scale, rtol=tol)
+    gscale = np.abs(gy).sum() + 1
+    np.testing.assert_allclose(gx, R.conv2d_grad_input(gy, w, x.shape, *args),
+                               atol=tol * gscale, rtol=tol)
+    np.testing.assert_allclose(gw, R.conv2d_grad_weight(gy, x, w.shape, *args),
+                               atol=tol * gscale * np.abs(x).max(), rtol=tol)
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), atol=tol * gscale, rtol=tol)
+    assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 @given(cfg=conv_configs(), seed=st.integers(0, 2**16), trans=st.booleans())
 def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed, trans):
@@ -222,17 +237,9 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
         mp.setattr(ck, "_use_implicit", lambda stride, cg, og: stride == (1, 1))
         mp.setattr(ck, "_implicit_trans", lambda *a: trans)
         y = ck.conv2d_forward(x, w, b, *args)
-        scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
-        np.testing.assert_allclose(y, R.conv2d(x, w, b, *args), atol=tol * scale, rtol=tol)
         gy = rng.standard_normal(y.shape).astype(dtype)
-        gx, gw, gb = ck.conv2d_backward(gy, x, w, *args, True, True, True)
-    gscale = np.abs(gy).sum() + 1
-    np.testing.assert_allclose(gx, R.conv2d_grad_input(gy, w, x.shape, *args),
-                               atol=tol * gscale, rtol=tol)
-    np.testing.assert_allclose(gw, R.conv2d_grad_weight(gy, x, w.shape, *args),
-                               atol=tol * gscale * np.abs(x).max(), rtol=tol)
-    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), atol=tol * gscale, rtol=tol)
-    assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
+        grads = ck.conv2d_backward(gy, x, w, *args, True, True, True)
+    _assert_matches_reference(x, w, b, args, gy, y, grads, dtype, tol)
 
 
 def _forced_winograd(mp, target, by_pixel):
@@ -270,16 +277,8 @@ def test_winograd_matches_reference_on_random_configs(dtype, tol, cfg, seed, tar
         _forced_winograd(mp, target, by_pixel)
         y = ck.conv2d_forward(x, w, b, *args)
         gy = rng.standard_normal(y.shape).astype(dtype)
-        gx, gw, gb = ck.conv2d_backward(gy, x, w, *args, True, True, True)
-    scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
-    np.testing.assert_allclose(y, R.conv2d(x, w, b, *args), atol=tol * scale, rtol=tol)
-    gscale = np.abs(gy).sum() + 1
-    np.testing.assert_allclose(gx, R.conv2d_grad_input(gy, w, x.shape, *args),
-                               atol=tol * gscale, rtol=tol)
-    np.testing.assert_allclose(gw, R.conv2d_grad_weight(gy, x, w.shape, *args),
-                               atol=tol * gscale * np.abs(x).max(), rtol=tol)
-    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), atol=tol * gscale, rtol=tol)
-    assert y.dtype == gx.dtype == gw.dtype == gb.dtype == dtype
+        grads = ck.conv2d_backward(gy, x, w, *args, True, True, True)
+    _assert_matches_reference(x, w, b, args, gy, y, grads, dtype, tol)
 
 
 @pytest.mark.parametrize("xs,o,p,g", [

@@ -272,6 +272,15 @@ def _phase_geometry(h, wd, kh, kw, sh, sw, ph, pw, dh, dw):
     return wq, hq * wq, sh * sw * hq * wq, (oh_n - 1) * wq + ow_n
 
 
+@njit(cache=True, inline="always")
+def _pair_phases(a, sh, pw, q_sz, wq):
+    """With a column stride of 2: where padded row ``a``'s even input columns (s = 0, 2, ...)
+    and odd ones start in its phase planes (s + pw even or odd picks the column phase)."""
+    base = (a % sh) * 2 * q_sz + (a // sh) * wq
+    pe = pw % 2  # the column phase of the even input columns
+    return (_u(base + pe * q_sz) + _u(pw // 2), _u(base + (1 - pe) * q_sz) + _u((pw + 1) // 2))
+
+
 @njit(**_serial)
 def phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xq):
     """Image n of x, padded, split into its stride phases: padded pixel (a, b) goes to phase
@@ -288,16 +297,11 @@ def phases_into(x, n, kh, kw, sh, sw, ph, pw, dh, dw, xq):
         # each input row once, its column pairs split between the two column phases in one
         # contiguous loop (2.8x faster on 16 channels of 32x32 than phase by phase; phases no
         # tap reads are written too, harmlessly)
-        pe = pw % 2  # column phase of the even input columns (s + pw even)
-        ce, co = _u(pw // 2), _u((pw + 1) // 2)  # their phase columns for s = 0 and s = 1
         for c in range(x.shape[1]):
             dst = xq[c]
             for r in range(h):
-                a = r + ph
                 row = x[n, c, r]
-                base = (a % sh) * 2 * q_sz + (a // sh) * wq
-                de = _u(base + pe * q_sz) + ce
-                do = _u(base + (1 - pe) * q_sz) + co
+                de, do = _pair_phases(r + ph, sh, pw, q_sz, wq)
                 for k in range(_u(wd // 2)):
                     dst[de + k] = row[_u(2) * k]
                     dst[do + k] = row[_u(2) * k + _u(1)]
@@ -382,16 +386,11 @@ def unphase_into(xq, n, sh, sw, ph, pw, gx):
     hq, wq = (h + 2 * ph + sh - 1) // sh, (wd + 2 * pw + sw - 1) // sw
     q_sz = hq * wq
     if sw == 2:  # column pairs from the two column phases in one loop (see phases_into)
-        pe = pw % 2
-        ce, co = _u(pw // 2), _u((pw + 1) // 2)
         for c in range(gx.shape[1]):
             src = xq[c]
             for r in range(h):
-                a = r + ph
                 row = gx[n, c, r]
-                base = (a % sh) * 2 * q_sz + (a // sh) * wq
-                de = _u(base + pe * q_sz) + ce
-                do = _u(base + (1 - pe) * q_sz) + co
+                de, do = _pair_phases(r + ph, sh, pw, q_sz, wq)
                 for k in range(_u(wd // 2)):
                     row[_u(2) * k] = src[de + k]
                     row[_u(2) * k + _u(1)] = src[do + k]

@@ -68,6 +68,16 @@ def _tiles(oh_n, ow_n):
     return (oh_n + 1) // 2, (ow_n + 1) // 2
 
 
+@njit(cache=True, inline="always")
+def _geometry(oh_n, ow_n, block, rows, n_in, n_out):
+    """(th, tw, sv, so, half): tile rows and columns; the strides of the 16 planes of
+    transformed input and output values of one set of products (block images or rows tile
+    rows, see _chunks); floats per output row of a tile buffer (one parity half)."""
+    th, tw = _tiles(oh_n, ow_n)
+    tiles = block * rows * tw
+    return th, tw, tiles * n_in + _PLANE_PAD, tiles * n_out + _PLANE_PAD, tw * n_out
+
+
 @njit(**_serial)
 def to_tiles(x, n, ph, pw, cols, group, xt):
     """xt[R, col % 2, col // 2, c] = x[n, c, R - ph, col - pw] (channels last, columns split
@@ -172,10 +182,7 @@ def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, by_pixel, rang
     n_img, n_in, h, wd = x.shape
     groups, cg, og = wu.shape[1], wu.shape[2], wu.shape[3]
     n_out, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
-    th, tw = _tiles(oh_n, ow_n)
-    sv = block * rows * tw * n_in + _PLANE_PAD
-    sm = block * rows * tw * n_out + _PLANE_PAD
-    half = tw * n_out
+    th, tw, sv, sm, half = _geometry(oh_n, ow_n, block, rows, n_in, n_out)
     one, minus = x.dtype.type(1), x.dtype.type(-1)
     for t in prange(ranges.shape[0]):
         xt = np.zeros((2 * th + 2) * 2 * (tw + 1) * n_in, dtype=x.dtype)  # padding stays 0
@@ -258,10 +265,7 @@ def winograd_grad_weight(gy, x, ph, pw, block, rows, group, group_gy, ranges, pa
     n_img, n_in, h, wd = x.shape
     groups, cg, og = parts.shape[2], parts.shape[3], parts.shape[4]
     n_out, oh_n, ow_n = gy.shape[1], gy.shape[2], gy.shape[3]
-    th, tw = _tiles(oh_n, ow_n)
-    sv = block * rows * tw * n_in + _PLANE_PAD
-    sd = block * rows * tw * n_out + _PLANE_PAD
-    half = tw * n_out
+    th, tw, sv, sd, half = _geometry(oh_n, ow_n, block, rows, n_in, n_out)
     one, minus = x.dtype.type(1), x.dtype.type(-1)
     for t in prange(ranges.shape[0]):
         xt = np.zeros((2 * th + 2) * 2 * (tw + 1) * n_in, dtype=x.dtype)
