@@ -242,24 +242,24 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
     _assert_matches_reference(x, w, b, args, gy, y, grads, dtype, tol)
 
 
-def _forced_winograd(mp, target, by_pixel):
+def _forced_winograd(mp, target, all_at_once):
     """Route every 3x3 stride-1 convolution through F(2x2, 3x3), ``target`` tiles per set of
-    products (1 or 2: tile rows of one image; larger: whole images), written back pixel by
-    pixel and read all channels at once, or plane by plane and read two channels at once."""
+    products (1 or 2: tile rows of one image; larger: whole images), with all channels read
+    and written at once, pixel by pixel, or two at a time."""
     from numbaconv.kernels.cpu import winograd as wg
 
     mp.setattr(wg, "use_winograd", lambda kh, kw, stride, dilation, *a, **k:
                (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1))
     mp.setattr(wg, "_TARGET", target)
-    mp.setattr(wg, "_by_pixel", lambda *a: by_pixel)
-    mp.setattr(wg, "_group", lambda n_planes, plane_bytes: n_planes if by_pixel else 2)
+    mp.setattr(wg, "_out_group", lambda n_out, plane_bytes: n_out if all_at_once else 2)
+    mp.setattr(wg, "_group", lambda n_planes, plane_bytes: n_planes if all_at_once else 2)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
 @given(cfg=conv_configs(), seed=st.integers(0, 2**16), target=st.sampled_from([1, 2, 5, 128]),
-       by_pixel=st.booleans())
+       all_at_once=st.booleans())
 def test_winograd_matches_reference_on_random_configs(dtype, tol, cfg, seed, target,
-                                                       by_pixel):
+                                                       all_at_once):
     """3x3 stride-1 convolutions of every other shape (odd sizes, padding 0-3, groups, one
     image) through the F(2x2, 3x3) kernels (forced, whatever the channel counts), in sets of
     one tile row up to several images: forward and all gradients."""
@@ -274,7 +274,7 @@ def test_winograd_matches_reference_on_random_configs(dtype, tol, cfg, seed, tar
     x, w, b = _arrays(cfg, rng, dtype)
     args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
     with pytest.MonkeyPatch.context() as mp:
-        _forced_winograd(mp, target, by_pixel)
+        _forced_winograd(mp, target, all_at_once)
         y = ck.conv2d_forward(x, w, b, *args)
         gy = rng.standard_normal(y.shape).astype(dtype)
         grads = ck.conv2d_backward(gy, x, w, *args, True, True, True)

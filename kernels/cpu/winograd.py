@@ -150,30 +150,23 @@ def _out_row(mm, brow, k0, sign, sm, m_off, yt, y_off, half, n):
 
 
 @njit(**_serial)
-def from_tiles(yt, tw, n, by_pixel, y):
-    """y[n, o, r, s] = yt[r, s % 2, s // 2, o] for the outputs that y has: pixel by pixel
-    (contiguous reads, one write per output plane), or where the planes' writes would evict
-    each other from L1 (``by_pixel`` False, see _by_pixel) plane by plane."""
+def from_tiles(yt, tw, n, group, y):
+    """y[n, o, r, s] = yt[r, s % 2, s // 2, o] for the outputs that y has: pixel by pixel,
+    ``group`` output planes at a time (see _out_group)."""
     n_out, oh_n, ow_n = y.shape[1], y.shape[2], y.shape[3]
     half = tw * n_out
-    if by_pixel:
+    for o0 in range(0, n_out, group):
+        o1 = min(o0 + group, n_out)
         for r in range(oh_n):
             for s in range(ow_n):
                 src = _u(r * 2 * half + (s % 2) * half + (s // 2) * n_out)
                 dst = y[n, :, r, s]
-                for o in range(_u(n_out)):
+                for o in range(_u(o0), _u(o1)):
                     dst[o] = yt[src + o]
-        return
-    for o in range(n_out):
-        for r in range(oh_n):
-            dst = y[n, o, r]
-            src = r * 2 * half + o
-            for s in range(ow_n):
-                dst[s] = yt[src + (s % 2) * half + (s // 2) * n_out]
 
 
 @njit(**_opts)
-def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, by_pixel, ranges, y):
+def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, out_group, ranges, y):
     """y = conv2d(x, w) + b for a 3x3 kernel at stride 1 (padding ph, pw; y gives the output
     size), by F(2x2, 3x3). ``wu`` is the transformed kernel (16, G, C_g, O_g) (see
     transform_weight), ``bias_row`` the bias repeated once per tile column (zeros for none).
@@ -211,7 +204,7 @@ def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, by_pixel, rang
                         _out_row(mm, bias_row, 1, minus, sm, m_off, yt, y_off + 2 * half,
                                  half, half)
                     if a1 == th:
-                        from_tiles(yt, tw, n0 + i, by_pixel, y)
+                        from_tiles(yt, tw, n0 + i, out_group, y)
 
 
 @njit(**_serial)
@@ -422,12 +415,17 @@ def _group(n_planes, plane_bytes):
     return 8 * sets
 
 
-def _by_pixel(n_out, oh_n, ow_n, itemsize):
-    """Whether from_tiles writes pixel by pixel: one write into each of the n_out output planes
-    per pixel. Written lines are evicted sooner than read ones: with more than 8 per L1 set,
-    plane by plane (16 channels of 32x32 float32 planes ran 4x slower pixel by pixel, 64 of
-    16x16, 16 lines per set, 6x)."""
-    return -(-n_out // _sets(oh_n * ow_n * itemsize)) <= 8
+def _out_group(n_out, plane_bytes):
+    """Output planes that from_tiles writes at once, pixel by pixel: all of them, unless more
+    than 8 of their lines fall into one L1 set (written lines evicted before the next pixel's
+    write), then 8 per set. 16 channels of 32x32 float32 planes (4 KiB apart, one set) ran 4x
+    slower all at once than plane by plane, 64 of 16x16 (16 lines per set) 6x; 8 at a time
+    runs as fast as plane by plane there, and on large maps much faster (plane by plane reads
+    each line of the tile buffer once per channel on it)."""
+    sets = _sets(plane_bytes)
+    if -(-n_out // sets) <= 8:
+        return n_out
+    return 8 * sets
 
 
 def _ranges(n_img):
@@ -471,7 +469,7 @@ def _forward(x, wu, b, padding, y):
     group = _group(x.shape[1], x.shape[2] * x.shape[3] * x.itemsize)
     with blas.single_thread():
         winograd_forward(x, wu, bias_row, padding[0], padding[1], block, rows, group,
-                         _by_pixel(n_out, oh_n, ow_n, x.itemsize), _ranges(n_img), y)
+                         _out_group(n_out, oh_n * ow_n * x.itemsize), _ranges(n_img), y)
 
 
 def grad_weight(gy, x, padding, groups, need_bias):
