@@ -53,7 +53,7 @@ from numba import njit, prange
 from . import blas as blas_k
 from . import winograd
 from .blas import gemm, gemm_at
-from .threads import blas, pool, split, workspace
+from .threads import blas, pool, split, task_ranges, workspace
 
 _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 
@@ -1437,7 +1437,7 @@ def _implicit_conv(x, w, b, stride, padding, dilation, groups, y):
     n_img = x.shape[0]
     with blas.single_thread():
         implicit_forward(x, wt, trans, bias, has_bias, kh, kw, stride[0], stride[1],
-                         padding[0], padding[1], dilation[0], dilation[1], _task_ranges(n_img),
+                         padding[0], padding[1], dilation[0], dilation[1], task_ranges(n_img),
                          y.reshape(n_img, n_out, y.shape[2] * y.shape[3]))
     return y
 
@@ -1462,7 +1462,7 @@ def _implicit_input(gy, w, padding, dilation, groups, gx):
     n_img = gy.shape[0]
     with blas.single_thread():
         implicit_forward(gy, wt, trans, np.zeros(1, gy.dtype), False, kh, kw, 1, 1, qh, qw, dh,
-                         dw, _task_ranges(n_img), gx.reshape(n_img, gx.shape[1], -1))
+                         dw, task_ranges(n_img), gx.reshape(n_img, gx.shape[1], -1))
     return True
 
 
@@ -1485,7 +1485,7 @@ def _implicit_strided_input(gy, w, stride, padding, dilation, groups, gx):
     n_img = gy.shape[0]
     with blas.single_thread():
         implicit_grad_input(gy.reshape(n_img, n_out, -1), wt, kh, kw, *stride, *padding,
-                            *dilation, gy.shape[2], gy.shape[3], _task_ranges(n_img), gx)
+                            *dilation, gy.shape[2], gy.shape[3], task_ranges(n_img), gx)
     return True
 
 
@@ -1602,11 +1602,6 @@ class _Plan:
                            self.dh, self.dw, 0, self.oh, self.ow, gxp)
 
 
-def _task_ranges(n_img):
-    """One contiguous range of images per Numba thread."""
-    return np.array(split(n_img, min(numba.get_num_threads(), n_img)), dtype=np.int64)
-
-
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """y = conv2d(x, w) + b for NCHW ``x`` and ``w`` of shape (O, C/groups, kH, kW)."""
     n_img, _, h, wd = x.shape
@@ -1645,7 +1640,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         with blas.single_thread():
             rows = oh_n if plan.flat else _gemm_rows(og, kk + 1, oh_n, ow_n)
             gemm_forward(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, plan.flat,
-                         plan.chunk_for(kk + 1 + og), rows, _task_ranges(n_img), y3)
+                         plan.chunk_for(kk + 1 + og), rows, task_ranges(n_img), y3)
         return y
 
     def work(n0, n1):
@@ -1752,7 +1747,7 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         if need_input:
             gx = conv2d_backward(gy, None, w, stride, padding, dilation, groups, True, False,
                                  False, x_shape)[0]
-        ranges = _task_ranges(n_img)
+        ranges = task_ranges(n_img)
         parts = np.zeros((len(ranges), groups, kk + 1, og), dtype=dtype)
         with blas.single_thread():
             if implicit_w:
@@ -1768,7 +1763,7 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
     # rows of M floats live per image: output-gradient columns, input columns, column gradient
     chunk = plan.chunk_for(og + (kk + 1 if need_weight else 0) + (kk if need_input else 0))
     if blas_k.ready():  # all on Numba's threads, BLAS called from the kernel
-        ranges = _task_ranges(n_img)
+        ranges = task_ranges(n_img)
         parts = np.zeros((len(ranges) if want_params else 1, groups, kk + 1, og), dtype=dtype)
         dummy = np.zeros((1, 1, 1, 1), dtype=dtype)
         rows = oh_n if plan.flat else _gemm_rows(og, kk + 1, oh_n, ow_n)

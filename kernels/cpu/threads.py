@@ -134,6 +134,14 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def task_ranges(n_img: int) -> np.ndarray:
+    """One contiguous range of images per Numba thread, as an (n, 2) int64 array: the
+    ``prange`` tasks of the convolution kernels."""
+    import numba
+
+    return np.array(split(n_img, min(numba.get_num_threads(), n_img)), dtype=np.int64)
+
+
 def _base(a):
     """(C-contiguous array, transposed?) such that a == array or array.T."""
     if a.flags.c_contiguous:

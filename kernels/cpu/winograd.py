@@ -47,7 +47,7 @@ from numba import njit, prange
 
 from . import blas as blas_k
 from .blas import gemm_at
-from .threads import blas, split
+from .threads import blas, task_ranges
 
 _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 _serial = dict(cache=True, nogil=True, fastmath={"contract"})
@@ -378,7 +378,7 @@ def use_winograd(kh, kw, stride, dilation, cg, og, weight=False):
     return weight or (og >= 32 and cg * og <= 128 * 128)
 
 
-def _chunks(th, tw, cg, og, target):
+def _chunks(th, tw, target):
     """(images, tile rows) per set of 16 products: about ``target`` tiles, whole images
     where they are smaller, else tile rows of one image."""
     if th * tw <= target:
@@ -428,12 +428,6 @@ def _out_group(n_out, plane_bytes):
     return 8 * sets
 
 
-def _ranges(n_img):
-    import numba
-
-    return np.array(split(n_img, min(numba.get_num_threads(), n_img)), dtype=np.int64)
-
-
 def conv(x, w, b, padding, groups, y):
     """y = conv2d(x, w) + b (3x3, stride 1) by winograd_forward."""
     n_out, cg = w.shape[:2]
@@ -462,14 +456,13 @@ def grad_input(gy, w, padding, groups, gx):
 
 def _forward(x, wu, b, padding, y):
     n_img, n_out, oh_n, ow_n = y.shape
-    cg, og = wu.shape[2], wu.shape[3]
     tw = (ow_n + 1) // 2
     bias_row = np.tile(b, tw) if b is not None else np.zeros(tw * n_out, dtype=x.dtype)
-    block, rows = _chunks((oh_n + 1) // 2, tw, cg, og, _TARGET)
+    block, rows = _chunks((oh_n + 1) // 2, tw, _TARGET)
     group = _group(x.shape[1], x.shape[2] * x.shape[3] * x.itemsize)
     with blas.single_thread():
         winograd_forward(x, wu, bias_row, padding[0], padding[1], block, rows, group,
-                         _out_group(n_out, oh_n * ow_n * x.itemsize), _ranges(n_img), y)
+                         _out_group(n_out, oh_n * ow_n * x.itemsize), task_ranges(n_img), y)
 
 
 def grad_weight(gy, x, padding, groups, need_bias):
@@ -477,10 +470,10 @@ def grad_weight(gy, x, padding, groups, need_bias):
     n_img, n_out, oh_n, ow_n = gy.shape
     cg = x.shape[1] // groups
     og = n_out // groups
-    ranges = _ranges(n_img)
+    ranges = task_ranges(n_img)
     parts = np.zeros((len(ranges), 16, groups, cg, og), dtype=x.dtype)
     db_parts = np.zeros((len(ranges), n_out), dtype=x.dtype)
-    block, rows = _chunks((oh_n + 1) // 2, (ow_n + 1) // 2, cg, og, _TARGET)
+    block, rows = _chunks((oh_n + 1) // 2, (ow_n + 1) // 2, _TARGET)
     with blas.single_thread():
         winograd_grad_weight(gy, x, padding[0], padding[1], block, rows,
                              _group(x.shape[1], x.shape[2] * x.shape[3] * x.itemsize),
