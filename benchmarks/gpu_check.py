@@ -1,9 +1,14 @@
-"""One script for a machine with an NVIDIA GPU: the CUDA tests for real, every op against the
-CPU backend on realistic shapes, and training-step timings (next to PyTorch's CUDA when it is
-importable). Prints a compact table; finishes in a few minutes.
+"""One script for a machine with an NVIDIA GPU: the CUDA tests for real; the four training
+steps of LeNet-5 and ResNet-mini-8 (batch 256/128 and 4096/1024) in images/s next to PyTorch CUDA
+eager (its defaults, and TF32 off), with launches and device allocations per step, driver
+allocations in steady state, bit-for-bit repeatability and each step's heaviest kernels; then
+every op of the table (its own cases and the convolution shapes of benchmarks/ops.py), forward+
+backward, against PyTorch with TF32 off and against the CPU backend's values and gradients.
+Prints compact tables; a few minutes on an H200, compilation included.
 
     python benchmarks/gpu_check.py              # needs numba-cuda and a GPU
     python benchmarks/gpu_check.py --skip-tests
+    python benchmarks/gpu_check.py --zoo        # also the model zoo at 224x224
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ def run_tests():
     return ok
 
 
-def timed(fn, sync, repeats=5):
-    fn()
+def timed(fn, sync, repeats=5, warmup=1):
+    """Median seconds of ``fn`` followed by ``sync``, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
     sync()
     times = []
     for _ in range(repeats):
@@ -60,11 +67,25 @@ def timed(fn, sync, repeats=5):
     return statistics.median(times)
 
 
-def op_parity():
-    from numba import cuda
+def _torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
 
-    import numbaconv as nc
-    import numbaconv.functional as F
+
+def _set_tf32(torch, on):
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def op_cases():
+    """(label, numbaconv fn, torch fn, arrays): gpu_check's own table, then the convolution
+    shapes of benchmarks/ops.py. Each fn takes the functional module first (numbaconv's or
+    torch's), so one lambda serves both libraries."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import ops as ob
 
     rng = np.random.default_rng(0)
 
@@ -72,100 +93,195 @@ def op_parity():
         return rng.standard_normal(s).astype(np.float32)
 
     cases = [
-        ("conv 64x16x32x32 3x3", lambda x, w: F.conv2d(x, w, padding=1),
+        ("conv 64x16x32x32 3x3", lambda F, x, w: F.conv2d(x, w, padding=1),
          [r(64, 16, 32, 32), r(16, 16, 3, 3) * 0.1]),
-        ("conv alexnet 11x11/4", lambda x, w: F.conv2d(x, w, stride=4, padding=2),
+        ("conv alexnet 11x11/4", lambda F, x, w: F.conv2d(x, w, stride=4, padding=2),
          [r(8, 3, 224, 224), r(64, 3, 11, 11) * 0.1]),
-        ("conv depthwise", lambda x, w: F.conv2d(x, w, padding=1, groups=32),
+        ("conv depthwise", lambda F, x, w: F.conv2d(x, w, padding=1, groups=32),
          [r(32, 32, 32, 32), r(32, 1, 3, 3)]),
-        ("conv_transpose s2", lambda x, w: F.conv_transpose2d(x, w, stride=2, padding=1,
-                                                             output_padding=1),
-         [r(16, 32, 16, 16), r(32, 16, 3, 3) * 0.1]),
-        ("max_pool 3/2", lambda x: F.max_pool2d(x, 3, 2), [r(64, 64, 55, 55)]),
-        ("avg_pool 2/2", lambda x: F.avg_pool2d(x, 2), [r(64, 16, 32, 32)]),
-        ("adaptive avg", lambda x: F.adaptive_avg_pool2d(x, 1), [r(128, 64, 7, 7)]),
-        ("lrn size 5", lambda x: F.local_response_norm(x, 5), [r(64, 64, 27, 27)]),
-        ("batch_norm", lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+        ("conv_transpose s2", lambda F, x, w: F.conv_transpose2d(
+            x, w, stride=2, padding=1, output_padding=1), [r(16, 32, 16, 16),
+                                                           r(32, 16, 3, 3) * 0.1]),
+        ("max_pool 3/2", lambda F, x: F.max_pool2d(x, 3, 2), [r(64, 64, 55, 55)]),
+        ("avg_pool 2/2", lambda F, x: F.avg_pool2d(x, 2), [r(64, 16, 32, 32)]),
+        ("adaptive avg", lambda F, x: F.adaptive_avg_pool2d(x, 1), [r(128, 64, 7, 7)]),
+        ("lrn size 5", lambda F, x: F.local_response_norm(x, 5), [r(64, 64, 27, 27)]),
+        ("batch_norm", lambda F, x, w, b: F.batch_norm(x, None, None, w, b, True),
          [r(128, 32, 14, 14), r(32), r(32)]),
-        ("matmul 512", lambda a, b: a @ b, [r(512, 512), r(512, 512)]),
-        ("log_softmax", lambda a: a.log_softmax(1), [r(256, 1000)]),
-        ("cross_entropy", lambda a: F.cross_entropy(a, nc.tensor(
-            np.arange(256) % 1000, device=a.device)), [r(256, 1000)]),
+        ("matmul 512", lambda F, a, b: a @ b, [r(512, 512), r(512, 512)]),
+        ("log_softmax", lambda F, a: F.log_softmax(a, 1), [r(256, 1000)]),
+        ("cross_entropy", lambda F, a: F.cross_entropy(a, _labels(F, a, 1000)),
+         [r(256, 1000)]),
     ]
-    print(f"\n{'op':24s} {'max rel err fwd':>15s} {'bwd':>10s} {'gpu f+b ms':>11s}")
-    worst = 0.0
-    for name, fn, arrays in cases:
-        res = {}
-        for dev in ("cpu", "cuda"):
-            ts = [nc.tensor(a, device=dev, requires_grad=True) for a in arrays]
-            y = fn(*ts)
-            g = nc.tensor(np.random.default_rng(1).standard_normal(y.shape).astype(np.float32),
-                          device=dev)
-            y.backward(g)
-            res[dev] = (y.numpy(), [t.grad.numpy() for t in ts])
-
-            if dev == "cuda":
-                def step(ts=ts):
-                    for t in ts:
-                        t.grad = None
-                    fn(*ts).backward(g)
-
-                ms = timed(step, cuda.synchronize) * 1e3
-        scale = np.abs(res["cpu"][0]).max() + 1e-12
-        fwd = np.abs(res["cuda"][0] - res["cpu"][0]).max() / scale
-        bwd = max(np.abs(a - b).max() / (np.abs(b).max() + 1e-12)
-                  for a, b in zip(res["cuda"][1], res["cpu"][1]))
-        worst = max(worst, fwd, bwd)
-        print(f"{name:24s} {fwd:15.2e} {bwd:10.2e} {ms:11.2f}")
-    return worst
+    for n, c, h, w, o, k, s, p, d, g, label in ob.CONV_SHAPES:
+        kw = dict(stride=s, padding=p, dilation=d, groups=g)
+        cases.append((f"conv {label}", lambda F, x, wt, b, kw=kw: F.conv2d(x, wt, b, **kw),
+                      [r(n, c, h, w), r(o, c // g, k, k) * 0.1, r(o)]))
+    return cases
 
 
-def training_steps():
+def _labels(F, a, n):
+    labels = np.arange(a.shape[0]) % n
+    if hasattr(F, "conv2d") and F.__name__.startswith("torch"):
+        import torch
+
+        return torch.tensor(labels, device="cuda")
+    import numbaconv as nc
+
+    return nc.tensor(labels, device=a.device)
+
+
+def op_table():
+    """Forward+backward of each op: numbaconv's GPU time next to PyTorch CUDA's with TF32 off,
+    and the relative error of values and gradients to the CPU backend."""
     from numba import cuda
 
     import numbaconv as nc
+    import numbaconv.functional as F
+
+    torch = _torch_cuda()
+    if torch is not None:
+        import torch.nn.functional as TF
+
+        _set_tf32(torch, False)
+    print(f"\n{'op (forward+backward)':28s} {'numbaconv ms':>12s} {'torch ms':>9s} "
+          f"{'ratio':>6s} {'err fwd':>8s} {'err grad':>8s}")
+    worst, ratios = 0.0, []
+    for name, fn, arrays in op_cases():
+        g = np.random.default_rng(1)
+        res = {}
+        for dev in ("cpu", "cuda"):
+            ts = [nc.tensor(a, device=dev, requires_grad=True) for a in arrays]
+            y = fn(F, *ts)
+            gy = nc.tensor(g.standard_normal(y.shape).astype(np.float32), device=dev)
+            y.backward(gy)
+            res[dev] = (y.numpy(), [t.grad.numpy() for t in ts])
+        gyc = gy
+
+        def step(ts=ts, gyc=gyc):
+            for t in ts:
+                t.grad = None
+            fn(F, *ts).backward(gyc)
+
+        ms = timed(step, cuda.synchronize, 7, 2) * 1e3
+        tms = float("nan")
+        if torch is not None:
+            tts = [torch.tensor(a, device="cuda", requires_grad=True) for a in arrays]
+            tg = torch.tensor(gy.numpy(), device="cuda")
+
+            def tstep(tts=tts, tg=tg):
+                for t in tts:
+                    t.grad = None
+                fn(TF, *tts).backward(tg)
+
+            tms = timed(tstep, torch.cuda.synchronize, 7, 2) * 1e3
+        scale = np.abs(res["cpu"][0]).max() + 1e-12
+        fwd = float(np.abs(res["cuda"][0] - res["cpu"][0]).max() / scale)
+        bwd = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+                  for a, b in zip(res["cuda"][1], res["cpu"][1]))
+        worst = max(worst, fwd, bwd)
+        ratios.append(ms / tms)
+        print(f"{name:28s} {ms:12.3f} {tms:9.3f} {ms / tms:6.2f} {fwd:8.1e} {bwd:8.1e}")
+    if torch is not None:
+        _set_tf32(torch, True)
+    return worst, ratios
+
+
+STEPS = (("LeNet-5", 256), ("ResNet-mini-8", 128), ("LeNet-5", 4096), ("ResNet-mini-8", 1024))
+
+
+def training_steps(profile_top=6):
+    """The four training steps of the issue: images/s of numbaconv and PyTorch CUDA eager
+    (defaults, and TF32 off), launches and allocations per step, repeatability, and the
+    heaviest kernels of one profiled step."""
+    from numba import cuda
+
+    import numbaconv as nc
+    import numbaconv.cuda as ncuda
     import numbaconv.functional as F
     from numbaconv import models, optim
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import train as tb  # benchmarks/train.py: the same PyTorch models
 
-    print(f"\n{'model':16s} {'batch':>5s} {'numbaconv img/s':>16s} {'PyTorch img/s':>14s}")
-    for name, bs in (("LeNet-5", 256), ("ResNet-mini-8", 128)):
+    torch = _torch_cuda()
+    rows, profiles = [], []
+    for name, bs in STEPS:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((bs, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, bs)
-        nc.manual_seed(0)
-        model = (models.lenet5() if name == "LeNet-5" else models.resnet_mini(8)).to("cuda")
-        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def build():
+            nc.manual_seed(0)
+            model = (models.lenet5() if name == "LeNet-5" else models.resnet_mini(8)).to("cuda")
+            opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            return model, opt
+
+        model, opt = build()
         X, Y = nc.tensor(x, device="cuda"), nc.tensor(y, device="cuda")
 
-        def step():
+        def step(model=model, opt=opt, X=X, Y=Y):
             loss = F.cross_entropy(model(X), Y)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        ours = bs / timed(step, cuda.synchronize, 10)
-        theirs = float("nan")
-        try:
-            import torch
+        t0 = time.perf_counter()
+        step()
+        cuda.synchronize()
+        first_s = time.perf_counter() - t0
+        ours = bs / timed(step, cuda.synchronize, 20, 3)
+        with ncuda.profile() as prof:
+            step()
+        d0 = ncuda.memory_stats().get("driver_allocations", 0)
+        for _ in range(3):
+            step()
+        cuda.synchronize()
+        driver_allocs = ncuda.memory_stats().get("driver_allocations", 0) - d0
+        # repeatability: two fresh runs of three steps from one seed, compared bit for bit
+        finals = []
+        for _ in range(2):
+            m2, o2 = build()
+            for _ in range(3):
+                loss = F.cross_entropy(m2(X), Y)
+                o2.zero_grad()
+                loss.backward()
+                o2.step()
+            finals.append(np.concatenate([p.numpy().ravel() for p in m2.parameters()]))
+        same_bits = bool(np.array_equal(finals[0], finals[1]))
+        theirs = theirs_nt = float("nan")
+        if torch is not None:
+            tm = tb.torch_model(name).cuda()
+            topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+            tx, ty = torch.tensor(x).cuda(), torch.tensor(y).cuda()
 
-            if torch.cuda.is_available():
-                tm = tb.torch_model(name).cuda()
-                topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
-                tx, ty = torch.tensor(x).cuda(), torch.tensor(y).cuda()
+            def tstep():
+                loss = torch.nn.functional.cross_entropy(tm(tx), ty)
+                topt.zero_grad()
+                loss.backward()
+                topt.step()
 
-                def tstep():
-                    loss = torch.nn.functional.cross_entropy(tm(tx), ty)
-                    topt.zero_grad()
-                    loss.backward()
-                    topt.step()
-
-                theirs = bs / timed(tstep, torch.cuda.synchronize, 10)
-        except ImportError:
-            pass
-        print(f"{name:16s} {bs:5d} {ours:16.0f} {theirs:14.0f}")
+            theirs = bs / timed(tstep, torch.cuda.synchronize, 20, 3)
+            _set_tf32(torch, False)
+            theirs_nt = bs / timed(tstep, torch.cuda.synchronize, 20, 3)
+            _set_tf32(torch, True)
+        rows.append((name, bs, ours, theirs, theirs_nt, prof.launches, prof.allocations,
+                     driver_allocs, same_bits, first_s))
+        profiles.append((f"{name} batch {bs}", prof.rows[:profile_top],
+                         sum(r[2] for r in prof.rows)))
+        del model, opt, X, Y, step
+    print("\nper-step profile (heaviest kernels, GPU ms)")
+    for label, top, total in profiles:
+        print(f"  {label}: {total:.2f} ms of kernels; " + ", ".join(
+            f"{k} {c}x {ms:.2f}" for k, c, ms in top))
+    print(f"\n{'training step':15s} {'batch':>5s} {'numbaconv img/s':>15s} {'torch img/s':>11s} "
+          f"{'ratio':>6s} {'torch noTF32':>12s} {'ratio':>6s} {'launch':>6s} {'alloc':>5s} "
+          f"{'drv':>3s} {'same bits':>9s} {'1st step s':>10s}")
+    for name, bs, ours, theirs, nt, launches, allocs, drv, same, first_s in rows:
+        print(f"{name:15s} {bs:5d} {ours:15.0f} {theirs:11.0f} {ours / theirs:6.3f} "
+              f"{nt:12.0f} {ours / nt:6.3f} {launches:6d} {allocs:5d} {drv:3d} "
+              f"{'yes' if same else 'NO':>9s} {first_s:10.1f}")
+    return rows
 
 
 def model_zoo():
@@ -262,7 +378,7 @@ def model_zoo():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--skip-models", action="store_true", help="skip the 224x224 model zoo")
+    ap.add_argument("--zoo", action="store_true", help="also the 224x224 model zoo")
     ap.add_argument("--models-only", action="store_true", help="only the 224x224 model zoo")
     args = ap.parse_args(argv)
     os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
@@ -275,14 +391,20 @@ def main(argv=None):
     dev = cuda.get_current_device()
     print(f"GPU: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, "
           f"numba {numba.__version__}, numba-cuda "
-          f"{getattr(__import__('numba_cuda'), '__version__', '?')}")
+          f"{getattr(__import__('numba_cuda'), '__version__', '?')}", flush=True)
     t0 = time.perf_counter()
     ok = True if args.skip_tests or args.models_only else run_tests()
     worst = 0.0
     if not args.models_only:
-        worst = op_parity()
-        training_steps()
-    if not args.skip_models:
+        rows = training_steps()
+        worst, ratios = op_table()
+        finite = [r for r in ratios if r == r]
+        if finite:
+            print(f"op ratios numbaconv/torch (TF32 off): worst {max(finite):.2f}, "
+                  f"geometric mean {float(np.exp(np.mean(np.log(finite)))):.2f}")
+        print("step ratios (img/s numbaconv/torch default): " + ", ".join(
+            f"{n} {b}: {o / t:.3f}" for n, b, o, t, *_ in rows))
+    if args.zoo or args.models_only:
         zoo = model_zoo()
         print(f"\nworst relative difference of a zoo model to the CPU backend: {zoo:.2e}")
     print(f"\nworst relative difference to the CPU backend: {worst:.2e}; tests "

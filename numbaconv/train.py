@@ -97,11 +97,28 @@ def evaluate(model, loader, loss_fn=cross_entropy) -> tuple[float, float]:
     return total_loss / max(count, 1), acc
 
 
+SYNC_EVERY = 10  # batches between reads of the running loss and accuracy
+
+
 def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
+    """One epoch. Loss and accuracy stay on the device as small tensors and are read every
+    SYNC_EVERY batches (and at the end): a read waits for the GPU, so reading every batch
+    would stop the host from queueing the next steps while the current one runs."""
     model.train()
     total_loss, correct, count = 0.0, 0, 0
     start = time.perf_counter()
     classify = None
+    pending = []  # (loss, correct or None, n) not yet read
+
+    def drain():
+        nonlocal total_loss, correct
+        for loss_t, correct_t, n_t in pending:
+            total_loss += float(loss_t.item()) * n_t
+            if correct_t is not None:
+                correct += int(correct_t.item())
+        pending.clear()
+
+    n_batches = len(loader)
     for i, (x, y) in enumerate(loader):
         out = model(x)
         loss = loss_fn(out, y)
@@ -111,20 +128,24 @@ def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
         if scheduler is not None and getattr(scheduler, "step_per_batch", False):
             scheduler.step()
         n = x.shape[0]
-        total_loss += float(loss.item()) * n
         if classify is None:
             classify = _is_classification(_main(out), y)
-        if classify:
-            correct += int((_main(out).argmax(1) == y).sum().item())
+        with no_grad():
+            hits = (_main(out).argmax(1) == y).sum() if classify else None
+        pending.append((loss.detach(), hits, n))
         count += n
-        if bar is not None:
-            bar.update(1)
-            if i % 10 == 0 or i == len(loader) - 1:
+        last = i == n_batches - 1
+        if len(pending) >= SYNC_EVERY or last:
+            drain()
+            if bar is not None:
                 rate = count / max(time.perf_counter() - start, 1e-9)
                 post = {"loss": f"{total_loss / count:.4f}", "img/s": f"{rate:.0f}"}
                 if classify:
                     post["acc"] = f"{correct / count:.4f}"
                 bar.set_postfix(post, refresh=False)
+        if bar is not None:
+            bar.update(1)
+    drain()
     seconds = time.perf_counter() - start
     acc = correct / count if classify else float("nan")
     return total_loss / max(count, 1), acc, seconds, count / max(seconds, 1e-9)

@@ -107,6 +107,22 @@ CASES = {
     "mse": (lambda a, b: F.mse_loss(a, b), [r(3, 4), r(3, 4)]),
     "float64": (lambda a, b: (a @ b).tanh().sum(0), [r(3, 4, dtype=np.float64),
                                                      r(4, 2, dtype=np.float64)]),
+    # depthwise layers take the direct kernels; a channel multiplier, stride and dilation
+    "conv2d depthwise": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=2, dilation=2,
+                                                  groups=3),
+                         [r(2, 3, 7, 6), r(6, 1, 3, 3), r(6)]),
+    # long rows against few of them: the split (two-pass) reductions and batch statistics
+    "long reductions": (lambda a: a.sum() + a.mean(1).sum() * 2 + a.amax() -
+                        a.amin() + (a * a).sum(1).mean(), [r(2, 700)]),
+    "conv2d long bias grad": (lambda x, w, b: F.conv2d(x, w, b), [r(3, 2, 13, 13),
+                                                                    r(3, 2, 1, 1), r(3)]),
+    "batch_norm long": (lambda x, w, b: F.relu(F.batch_norm(x, None, None, w, b, True)),
+                        [r(3, 2, 300) + 2, r(2), r(2)]),
+    "elementwise scalars": (lambda a, b: (a * b.sum() - b.sum() / a.exp() + (a > 0.5) * a +
+                                          nc.maximum(a, a * 0.5) + (a == a) * 1.0 +
+                                          (a != 0) * a + (a < b.mean()) * 1.0 +
+                                          (a <= 0) * 1.0 + (a >= 0) * a),
+                            [r(2, 5), r(3)]),
 }
 
 
@@ -154,6 +170,93 @@ def test_optimizers_on_device():
                 ((p * p - 1.0) ** 2).sum().backward()
                 o.step()
         np.testing.assert_allclose(pg.numpy(), pc.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("a_t,b_t", [(False, False), (True, False), (False, True),
+                                     (True, True)])
+def test_gemm_layouts_and_split_k(a_t, b_t):
+    """The GEMM against NumPy for each operand layout (which index a warp's loads run along),
+    with K long enough to be split across blocks, ragged edges and a batch; the split sums
+    are deterministic."""
+    from numbaconv.kernels.cuda import matmul as mm
+
+    be = nc.get_backend("cuda")
+    rng = np.random.default_rng(1)
+    batch, m, n, k = 2, mm.BM + 3, 5, 9 * mm.BK + 3
+    a = rng.standard_normal((batch, k, m) if a_t else (batch, m, k)).astype(np.float32)
+    b = rng.standard_normal((batch, n, k) if b_t else (batch, k, n)).astype(np.float32)
+    sa = (m * k, 1, m) if a_t else (m * k, k, 1)
+    sb = (n * k, 1, k) if b_t else (n * k, n, 1)
+    ref = (a.transpose(0, 2, 1) if a_t else a) @ (b.transpose(0, 2, 1) if b_t else b)
+    results = []
+    for splits in (None, 3, 3):
+        out = be.empty((batch, m, n), np.float32)
+        mm.gemm(be, cuda.to_device(a.ravel()), sa, cuda.to_device(b.ravel()), sb, m, n, k,
+                batch, out, np.float32, splits=splits)
+        results.append(out.copy_to_host())
+        np.testing.assert_allclose(results[-1], ref, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(results[1], results[2])
+
+
+@needs_cuda
+def test_binary_paths_match_cpu():
+    """Every binary op through each of its three kernels (same shapes, one operand a single
+    element, general broadcasting) against the CPU backend, ties and NaN included."""
+    cpu, gpu = nc.get_backend("cpu"), nc.get_backend("cuda")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 3)).astype(np.float32)
+    a[0, 0] = np.nan
+    b = a.copy()
+    b[1] = rng.standard_normal(3)
+    shapes = [(b, a), (np.float32([0.5]).reshape(1, 1), a), (a, np.float32([0.5])),
+              (b[:1, :], a)]
+    ops = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le",
+           "gt", "ge"]
+    for x, y in shapes:
+        for op in ops:
+            xx = np.abs(x) + 0.5 if op == "pow" else x
+            want = cpu.binary(op, xx, y)
+            got = gpu.to_numpy(gpu.binary(op, gpu.asarray(xx, xx.dtype),
+                                          gpu.asarray(y, y.dtype)))
+            np.testing.assert_allclose(got, want, rtol=1e-5, equal_nan=True, err_msg=op)
+        for op in ("maximum", "minimum"):
+            want = cpu.extremum_weights(x, y, op)
+            got = gpu.extremum_weights(gpu.asarray(x, x.dtype), gpu.asarray(y, y.dtype), op)
+            np.testing.assert_allclose(gpu.to_numpy(got), want, err_msg=op)
+        for op in ("relu", "sigmoid", "tanh"):
+            yy = np.tanh(np.nan_to_num(y))
+            want = cpu.activation_backward(op, *(np.ascontiguousarray(v) for v in
+                                                 np.broadcast_arrays(x, yy)))
+            got = gpu.activation_backward(op, gpu.asarray(x, x.dtype), gpu.asarray(yy, yy.dtype))
+            np.testing.assert_allclose(gpu.to_numpy(got), want, rtol=1e-5, equal_nan=True,
+                                       err_msg=op)
+
+
+@needs_cuda
+def test_bad_target_is_reported_at_the_next_synchronisation():
+    """No host round trip per loss call: the label is checked on the device and a bad one
+    raised when the host next reads anything."""
+    x = nc.tensor(r(3, 4), device="cuda", requires_grad=True)
+    loss = F.cross_entropy(x, nc.tensor([1, 7, 0], device="cuda"))
+    with pytest.raises(ValueError, match="target holds 7"):
+        loss.item()
+    ok = F.cross_entropy(x, nc.tensor([1, 2, 0], device="cuda"))
+    assert np.isfinite(ok.item())  # the flag was cleared
+
+
+@needs_cuda
+def test_backend_memory_and_profile_api():
+    import numbaconv.cuda as ncuda
+
+    with ncuda.profile() as prof:
+        y = (nc.ones(4, 4, device="cuda") * 2).sum()
+        assert y.item() == 32
+    assert prof.launches >= 3 and any("fill" in row[0] for row in prof.rows)
+    assert "launches" in prof.report()
+    assert ncuda.memory_allocated() >= 0 and ncuda.max_memory_allocated() >= 0
+    ncuda.empty_cache()
+    ncuda.synchronize()
 
 
 @needs_cuda
@@ -208,6 +311,10 @@ def test_every_kernel_compiles_to_ptx_without_f64(tmp_path):
             _check(fn, arrays)
         test_batchnorm_dropout_and_rng_on_device()
         test_optimizers_on_device()
+        test_binary_paths_match_cpu()
+        for a_t in (False, True):
+            for b_t in (False, True):
+                test_gemm_layouts_and_split_k(a_t, b_t)
         test_lenet_step_matches_cpu()
         x = nc.tensor(r(2, 3), device="cuda")
         (x.long() + 1).sum(), (x > 0).sum(), x.argmin(1), nc.randint(0, 5, (4,), device="cuda")
@@ -335,3 +442,42 @@ def test_simulator_shares_one_array_per_block(monkeypatch):
     out = cuda.to_device(np.zeros(16, np.float32))
     block_sum[1, 16](out)
     np.testing.assert_array_equal(out.copy_to_host(), np.full(16, 120, np.float32))
+
+
+def test_block_pool_reuses_blocks_by_size_class():
+    """The caching allocator's bookkeeping, with a fake driver: a freed block serves the
+    next request of its size class, nothing reaches the driver in steady state, out-of-memory
+    releases the cached blocks and retries, and the counters match torch.cuda's meaning."""
+    from numbaconv.kernels.cuda.memory import BlockPool, size_class
+
+    assert size_class(1) == 512 and size_class(513) == 1024 and size_class(1 << 20) == 1 << 20
+    big = (1 << 24) + 1
+    assert big <= size_class(big) <= big * 1.125 + 1
+    live, freed = [], []
+
+    class OOM(Exception):
+        pass
+
+    def raw_alloc(size):
+        if sum(s for s in live) + size > 10_000:
+            raise OOM()
+        live.append(size)
+        return ("block", len(live), size)
+
+    def raw_free(handle):
+        live.remove(handle[2])
+        freed.append(handle)
+
+    pool = BlockPool(raw_alloc, raw_free, is_oom=lambda e: isinstance(e, OOM))
+    for _ in range(3):  # a "training step" that allocates and frees the same sizes
+        a, sa = pool.take(1000)
+        b, sb = pool.take(3000)
+        pool.give_back(a, sa)
+        pool.give_back(b, sb)
+    assert pool.n_raw_alloc == 2 and pool.n_alloc == 6
+    assert pool.allocated == 0 and pool.peak == 1024 + 3072 and pool.reserved == 4096
+    h, s = pool.take(9000)  # does not fit beside the cached blocks: they are released
+    assert s == 9216 and len(freed) == 2 and pool.reserved == 9216
+    pool.give_back(h, s)
+    pool.empty_cache()
+    assert pool.reserved == 0 and not live

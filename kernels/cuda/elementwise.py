@@ -1,4 +1,4 @@
-"""Elementwise, layout, random and optimizer kernels (one thread per output element).
+"""Elementwise, layout and random kernels (one thread per output element).
 
 Layout is handled by two strided kernels: ``gather`` reads a strided view of a flat source into
 a contiguous output (transpose, broadcast, slicing, padding's interior) and ``scatter`` writes a
@@ -143,6 +143,26 @@ def kernels(dtype) -> SimpleNamespace:
                 out[i] = f(a[_offset(i, shape, sa, 0)], b[_offset(i, shape, sb, 0)])
         return k
 
+    # Without broadcasting (or against one element) no index needs taking apart: the general
+    # kernel's per-dimension divisions cost more than the memory traffic on large tensors.
+    def binary_same(f):
+        @cuda.jit
+        def k(a, b, out):
+            for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+                out[i] = f(a[i], b[i])
+        return k
+
+    def binary_scalar(f):
+        @cuda.jit
+        def k(a, b, scalar_left, out):
+            """one operand has a single element; ``scalar_left``: it is a."""
+            for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+                if scalar_left:
+                    out[i] = f(a[0], b[i])
+                else:
+                    out[i] = f(a[i], b[0])
+        return k
+
     @cuda.jit(device=True, inline=True)
     def _maximum(x, y):
         return x if (x > y or x != x) else y
@@ -155,21 +175,29 @@ def kernels(dtype) -> SimpleNamespace:
     def _pow(x, y):
         return math.pow(x, y)
 
-    ns.binary = {
-        "add": binary(dev(lambda x, y: x + y)), "sub": binary(dev(lambda x, y: x - y)),
-        "mul": binary(dev(lambda x, y: x * y)), "div": binary(dev(lambda x, y: x / y)),
-        "pow": binary(_pow), "maximum": binary(_maximum), "minimum": binary(_minimum),
-        "eq": binary(dev(lambda x, y: x == y)), "ne": binary(dev(lambda x, y: x != y)),
-        "lt": binary(dev(lambda x, y: x < y)), "le": binary(dev(lambda x, y: x <= y)),
-        "gt": binary(dev(lambda x, y: x > y)), "ge": binary(dev(lambda x, y: x >= y)),
+    binary_fns = {
+        "add": dev(lambda x, y: x + y), "sub": dev(lambda x, y: x - y),
+        "mul": dev(lambda x, y: x * y), "div": dev(lambda x, y: x / y),
+        "pow": _pow, "maximum": _maximum, "minimum": _minimum,
+        "eq": dev(lambda x, y: x == y), "ne": dev(lambda x, y: x != y),
+        "lt": dev(lambda x, y: x < y), "le": dev(lambda x, y: x <= y),
+        "gt": dev(lambda x, y: x > y), "ge": dev(lambda x, y: x >= y),
         # the share of maximum's / minimum's gradient that goes to x: 1, 0, or 1/2 at ties
-        "max_weight": binary(dev(lambda x, y: one if x > y else (half if x == y else zero))),
-        "min_weight": binary(dev(lambda x, y: one if x < y else (half if x == y else zero))),
+        "max_weight": dev(lambda x, y: one if x > y else (half if x == y else zero)),
+        "min_weight": dev(lambda x, y: one if x < y else (half if x == y else zero)),
         # activation gradients from the output y: g * f'(y)
-        "relu_backward": binary(dev(lambda g, y: g if y > zero else zero)),
-        "sigmoid_backward": binary(dev(lambda g, y: g * y * (one - y))),
-        "tanh_backward": binary(dev(lambda g, y: g * (one - y * y))),
+        "relu_backward": dev(lambda g, y: g if y > zero else zero),
+        "sigmoid_backward": dev(lambda g, y: g * y * (one - y)),
+        "tanh_backward": dev(lambda g, y: g * (one - y * y)),
     }
+    ns.binary = {k: binary(f) for k, f in binary_fns.items()}
+    ns.binary_same = {k: binary_same(f) for k, f in binary_fns.items()}
+    ns.binary_scalar = {k: binary_scalar(f) for k, f in binary_fns.items()}
+
+    @cuda.jit
+    def mul_scalar(x, factor, out):
+        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            out[i] = x[i] * factor
 
     @cuda.jit
     def where(c, sc, a, sa, b, sb, shape, out):
@@ -178,35 +206,6 @@ def kernels(dtype) -> SimpleNamespace:
                 out[i] = a[_offset(i, shape, sa, 0)]
             else:
                 out[i] = b[_offset(i, shape, sb, 0)]
-
-    @cuda.jit
-    def sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, use_buf):
-        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            d = g[i] + weight_decay * p[i]
-            if use_buf:
-                b = d if first else momentum * buf[i] + (one - dampening) * d
-                buf[i] = b
-                d = d + momentum * b if nesterov else b
-            p[i] -= lr * d
-
-    @cuda.jit
-    def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
-                  bias1, bias2_sqrt):
-        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            gi = g[i]
-            if decoupled:
-                p[i] *= one - lr * weight_decay
-            else:
-                gi = gi + weight_decay * p[i]
-            mi = beta1 * m[i] + (one - beta1) * gi
-            vi = beta2 * v[i] + (one - beta2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            if amsgrad:
-                if vi > vmax[i]:
-                    vmax[i] = vi
-                vi = vmax[i]
-            p[i] -= (lr / bias1) * mi / (math.sqrt(vi) / bias2_sqrt + eps)
 
     @cuda.jit
     def index_gather(src, row_offsets, row_len, out):
@@ -258,8 +257,8 @@ def kernels(dtype) -> SimpleNamespace:
                 r //= n
             cuda.atomic.add(out, off, g[i])
 
-    for k in (fill, gather, scatter, cast, uniform, normal, dropout_mask, where, sgd_step,
-              adam_step, index_gather, index_scatter_add, take_rows, put_rows, map_gather,
-              map_scatter_add):
+    for k in (fill, gather, scatter, cast, uniform, normal, dropout_mask, mul_scalar, where,
+              index_gather,
+              index_scatter_add, take_rows, put_rows, map_gather, map_scatter_add):
         setattr(ns, getattr(k, "__name__", None) or k.py_func.__name__, k)
     return ns

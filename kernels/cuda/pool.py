@@ -1,4 +1,4 @@
-"""Pooling, upsampling, LRN and batch-norm elementwise kernels on NCHW device arrays.
+"""Pooling and nearest-neighbour upsampling kernels on NCHW device arrays.
 
 Forward kernels: one thread per output element. Backward kernels are gathers: one thread per
 input element finds the outputs whose windows contain it, so each gradient element has exactly
@@ -30,7 +30,7 @@ def _window_outputs(pos, pad, k, s, d, n_out):
 @cache
 def kernels(dtype) -> SimpleNamespace:
     T = numba.from_dtype(np.dtype(dtype))
-    zero, one, two = T(0), T(1), T(2)
+    zero = T(0)
     ninf = T(-math.inf)
 
     @cuda.jit
@@ -220,66 +220,9 @@ def kernels(dtype) -> SimpleNamespace:
                 oh += 1
             gx[p, ih, iw] = acc
 
-    @cuda.jit
-    def lrn(x, size, alpha, beta, k, y, scale):
-        """x, y, scale viewed as (N, C, L)."""
-        n_img, n_ch, m = x.shape
-        for q in range(cuda.grid(1), n_img * n_ch * m, cuda.gridsize(1)):
-            p = q % m
-            c = (q // m) % n_ch
-            n = q // (m * n_ch)
-            acc = zero
-            for cc in range(max(c - size // 2, 0), min(c + (size - 1) // 2, n_ch - 1) + 1):
-                v = x[n, cc, p]
-                acc += v * v
-            s = k + alpha / T(size) * acc
-            scale[n, c, p] = s
-            y[n, c, p] = x[n, c, p] * math.pow(s, -beta)
-
-    @cuda.jit
-    def lrn_backward(gy, x, y, scale, size, alpha, beta, gx):
-        n_img, n_ch, m = x.shape
-        for q in range(cuda.grid(1), n_img * n_ch * m, cuda.gridsize(1)):
-            p = q % m
-            c = (q // m) % n_ch
-            n = q // (m * n_ch)
-            acc = zero
-            for cc in range(max(c - (size - 1) // 2, 0), min(c + size // 2, n_ch - 1) + 1):
-                acc += gy[n, cc, p] * y[n, cc, p] / scale[n, cc, p]
-            gx[n, c, p] = gy[n, c, p] * math.pow(scale[n, c, p], -beta) - \
-                two * alpha * beta / T(size) * x[n, c, p] * acc
-
-    @cuda.jit
-    def bn_normalize(x, mean, invstd, weight, bias, relu, y):
-        n_img, n_ch, m = x.shape
-        for q in range(cuda.grid(1), n_img * n_ch * m, cuda.gridsize(1)):
-            p = q % m
-            c = (q // m) % n_ch
-            n = q // (m * n_ch)
-            v = (x[n, c, p] - mean[c]) * invstd[c] * weight[c] + bias[c]
-            y[n, c, p] = (zero if v <= zero else v) if relu else v
-
-    @cuda.jit
-    def bn_backward(g, x, mean, invstd, weight, sg, sgx, training, gx):
-        n_img, n_ch, m = x.shape
-        for q in range(cuda.grid(1), n_img * n_ch * m, cuda.gridsize(1)):
-            p = q % m
-            c = (q // m) % n_ch
-            n = q // (m * n_ch)
-            k = weight[c] * invstd[c]
-            if training:
-                count = T(n_img * m)
-                xhat = (x[n, c, p] - mean[c]) * invstd[c]
-                gx[n, c, p] = k * (g[n, c, p] - sg[c] / count - xhat * sgx[c] * invstd[c] /
-                                   count)
-            else:
-                gx[n, c, p] = k * g[n, c, p]
-
-    _ = one
     return SimpleNamespace(
         max_pool=max_pool, max_pool_backward=max_pool_backward, avg_pool=avg_pool,
         avg_pool_backward=avg_pool_backward, adaptive_pool=adaptive_pool,
         adaptive_avg_backward=adaptive_avg_backward,
         adaptive_max_backward=adaptive_max_backward, upsample=upsample,
-        upsample_backward=upsample_backward, lrn=lrn, lrn_backward=lrn_backward,
-        bn_normalize=bn_normalize, bn_backward=bn_backward)
+        upsample_backward=upsample_backward)

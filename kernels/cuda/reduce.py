@@ -1,6 +1,13 @@
 """Reductions over the last axis of a (rows, K) array: one block per row, a strided pass per
-thread, then a tree in shared memory. Softmax, the NLL rows and batch-norm statistics reuse the
-same pattern. Every other reduction is a permutation (a gather) followed by these."""
+thread, then a tree in shared memory. Softmax and the NLL rows reuse the same pattern. Every
+other reduction is a permutation (a gather) followed by these.
+
+Where there are fewer rows than it takes to fill the GPU and the rows are long (a full ``sum``,
+a bias gradient, a convolution's per-channel sums), one block per row would leave most SMs idle:
+:func:`row_reduce` and :func:`channel_sums` then cut each row into chunks on a 2-D grid, each
+block writing one partial, and a second launch combines each row's partials in chunk order.
+Fixed chunks and a fixed order: the same bits every run, without atomics.
+"""
 
 from __future__ import annotations
 
@@ -157,13 +164,23 @@ def kernels(dtype) -> SimpleNamespace:
             else:
                 out[r, j] = y[r, j] * (gy[r, j] - total)
 
+    nan = T(math.nan)
+
     @cuda.jit
-    def nll_rows(logp, target, weight, has_weight, ignore_index, losses, row_w):
+    def nll_rows(logp, target, weight, has_weight, ignore_index, losses, row_w, err):
+        """losses[r] = -w[t] * logp[r, t] for t = target[r]. A target outside [0, C) (and not
+        ignore_index) makes its loss NaN and is flagged in err = (1, t) for the host to
+        report at its next synchronisation, instead of a host check on every call."""
         for r in range(cuda.grid(1), losses.size, cuda.gridsize(1)):
             t = target[r]
             if t == ignore_index:
                 losses[r] = zero
                 row_w[r] = zero
+            elif t < 0 or t >= logp.shape[1]:
+                losses[r] = nan
+                row_w[r] = zero
+                err[1] = t
+                err[0] = 1
             else:
                 w = weight[t] if has_weight else one
                 losses[r] = -w * logp[r, t]
@@ -176,56 +193,97 @@ def kernels(dtype) -> SimpleNamespace:
             if row_w[r] != zero:
                 out[r, target[r]] = -g[r] * row_w[r]
 
-    @cuda.jit
-    def channel_stats(x, mean, var):
-        """Per-channel mean and biased variance of x (N, C, L): one block per channel, two
-        passes (mean, then centred squares)."""
-        c = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        buf = cuda.shared.array(BLOCK, T)
-        n_img, m = x.shape[0], x.shape[2]
-        total = n_img * m
-        acc = zero
-        for q in range(t, total, BLOCK):
-            acc += x[q // m, c, q % m]
-        buf[t] = acc
-        _block_sum(buf, t)
-        mu = buf[0] / T(total)
-        cuda.syncthreads()
-        acc = zero
-        for q in range(t, total, BLOCK):
-            d = x[q // m, c, q % m] - mu
-            acc += d * d
-        buf[t] = acc
-        _block_sum(buf, t)
-        if t == 0:
-            mean[c] = mu
-            var[c] = buf[0] / T(total)
+    def row_partial(combine, init):
+        @cuda.jit
+        def k(x, chunk, part):
+            """part[r, b] = combine of x[r, b*chunk:(b+1)*chunk]: grid (chunks, rows)."""
+            r = cuda.blockIdx.y
+            b = cuda.blockIdx.x
+            t = cuda.threadIdx.x
+            buf = cuda.shared.array(BLOCK, T)
+            acc = init
+            for j in range(b * chunk + t, min((b + 1) * chunk, x.shape[1]), BLOCK):
+                acc = combine(acc, x[r, j])
+            buf[t] = acc
+            cuda.syncthreads()
+            s = BLOCK // 2
+            while s > 0:
+                if t < s:
+                    buf[t] = combine(buf[t], buf[t + s])
+                cuda.syncthreads()
+                s //= 2
+            if t == 0:
+                part[r, b] = buf[0]
+        return k
+
+    ns.partial = {
+        "sum": row_partial(dev(lambda a, b: a + b), zero),
+        "max": row_partial(dev(lambda a, b: a if (a > b or a != a) else b), ninf),
+        "min": row_partial(dev(lambda a, b: a if (a < b or a != a) else b), pinf)}
 
     @cuda.jit
-    def channel_grad_sums(g, x, mean, sg, sgx):
-        """sg[c] = sum g, sgx[c] = sum g * (x - mean) over (N, L): one block per channel."""
-        c = cuda.blockIdx.x
+    def channel_partial(x, chunk, part):
+        """part[c, b] = sum of x[n, c, p] over the b-th chunk of the flattened (n, p) of an
+        (N, C, L) array: grid (chunks, C)."""
+        c = cuda.blockIdx.y
+        b = cuda.blockIdx.x
         t = cuda.threadIdx.x
-        b1 = cuda.shared.array(BLOCK, T)
-        b2 = cuda.shared.array(BLOCK, T)
-        n_img, m = x.shape[0], x.shape[2]
-        a1 = zero
-        a2 = zero
-        mu = mean[c]
-        for q in range(t, n_img * m, BLOCK):
-            gv = g[q // m, c, q % m]
-            a1 += gv
-            a2 += gv * (x[q // m, c, q % m] - mu)
-        b1[t] = a1
-        b2[t] = a2
-        _block_sum(b1, t)
-        _block_sum(b2, t)
+        buf = cuda.shared.array(BLOCK, T)
+        m = x.shape[2]
+        acc = zero
+        for q in range(b * chunk + t, min((b + 1) * chunk, x.shape[0] * m), BLOCK):
+            n = q // m
+            acc += x[n, c, q - n * m]
+        buf[t] = acc
+        _block_sum(buf, t)
         if t == 0:
-            sg[c] = b1[0]
-            sgx[c] = b2[0]
+            part[c, b] = buf[0]
 
     ns.softmax_rows, ns.softmax_rows_backward = softmax_rows, softmax_rows_backward
     ns.nll_rows, ns.nll_rows_backward = nll_rows, nll_rows_backward
-    ns.channel_stats, ns.channel_grad_sums = channel_stats, channel_grad_sums
+    ns.channel_partial = channel_partial
     return ns
+
+
+# ---------------------------------------------------------------- host side
+
+
+def n_chunks(total: int, rows: int, blocks_wanted: int, min_chunk: int = 8 * BLOCK) -> int:
+    """Chunks per row so that rows * chunks is about ``blocks_wanted``, each chunk holding at
+    least ``min_chunk`` elements."""
+    want = -(-blocks_wanted // max(rows, 1))
+    return int(max(1, min(want, -(-total // min_chunk))))
+
+
+def row_reduce(ctx, op, x2, out=None):
+    """out[r] = sum / max / min of x2[r, :] for a (rows, K) array."""
+    rows, k = x2.shape
+    dt = x2.dtype
+    out = ctx.empty((rows,), x2.dtype) if out is None else out
+    chunks = n_chunks(k, rows, ctx.blocks_wanted) if rows < 65536 else 1
+    if chunks > 1:
+        chunk = -(-k // chunks)
+        part = ctx.empty((rows, chunks), x2.dtype)
+        ctx.launch(f"red.partial.{op}", dt, (chunks, rows), BLOCK,
+                   (x2, np.int64(chunk), part))
+        x2 = part
+    ctx.launch(f"red.{op}", dt, rows, BLOCK, (x2, out))
+    return out
+
+
+def last_axis_sum(ctx, x2):
+    return row_reduce(ctx, "sum", x2)
+
+
+def channel_sums(ctx, x3):
+    """(C,) sums of an (N, C, L) array over N and L (a bias gradient)."""
+    n_img, c, m = x3.shape
+    dt = x3.dtype
+    chunks = n_chunks(n_img * m, c, ctx.blocks_wanted)
+    chunk = -(-(n_img * m) // chunks)
+    part = ctx.empty((c, chunks), x3.dtype)
+    ctx.launch("red.channel_partial", dt, (chunks, c), BLOCK,
+               (x3, np.int64(chunk), part))
+    out = ctx.empty((c,), x3.dtype)
+    ctx.launch("red.sum", dt, c, BLOCK, (part, out))
+    return out

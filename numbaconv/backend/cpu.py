@@ -444,11 +444,22 @@ class CPUBackend:
         return gx.reshape(shape)
 
     # ------------------------------------------------------------ normalisation and dropout
-    def batch_stats(self, x3):
+    def batch_norm_stats(self, x3, eps, running_mean=None, running_var=None, momentum=0.1):
         mean = np.empty(x3.shape[1], dtype=x3.dtype)
         var = np.empty(x3.shape[1], dtype=x3.dtype)
         norm_k.batch_stats(np.ascontiguousarray(x3), mean, var)
-        return mean, var
+        t = x3.dtype.type
+        if running_mean is not None:
+            count = x3.shape[0] * x3.shape[2]
+            keep, m = t(1 - momentum), t(momentum)
+            unbiased = var * t(count / (count - 1))
+            running_mean[...] = running_mean * keep + mean * m
+            running_var[...] = running_var * keep + unbiased * m
+        return mean, self.batch_norm_invstd(var, eps)
+
+    def batch_norm_invstd(self, var, eps):
+        t = var.dtype.type
+        return t(1) / np.sqrt(var + t(eps))
 
     def batch_norm(self, x3, mean, invstd, weight, bias, relu=False):
         y = np.empty(x3.shape, dtype=x3.dtype)

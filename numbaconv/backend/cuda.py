@@ -7,6 +7,15 @@ data (boolean masks, integer-array indexing with index arrays that live on the h
 Scalars reach kernels as NumPy scalars of the array's dtype, never as Python floats (which
 Numba would compile as float64). With ``NUMBA_ENABLE_CUDASIM=1`` everything runs on Numba's
 CUDA simulator (slow: for tests on tiny shapes).
+
+This module adapts: the algorithms (convolution, GEMM, split reductions, batch statistics) live
+in ``numbaconv.kernels.cuda`` and receive this backend as their ``ctx`` (``empty``, ``launch``,
+``n_blocks``, ``cap``, ``dummy``, ``threads``, ``blocks_wanted``). Memory comes from the caching
+allocator of ``kernels/cuda/memory.py`` (``NUMBACONV_CUDA_ALLOCATOR=numba`` opts out) and
+launches go through ``kernels/cuda/launch.py``, which skips numba's per-call dispatch.
+A training step synchronises with the host nowhere: class targets are checked on the device
+and a bad one is reported at the next synchronisation (``numpy()``, ``item()``), as PyTorch's
+device-side assertions are.
 """
 
 from __future__ import annotations
@@ -17,19 +26,21 @@ import warnings
 
 import numpy as np
 
+from ..kernels import cuda as kc
 from ..kernels.cuda import conv as conv_k
-from ..kernels.cuda import elementwise as ew_k
 from ..kernels.cuda import matmul as mm_k
-from ..kernels.cuda import pool as pool_k
+from ..kernels.cuda import memory as mem_k
+from ..kernels.cuda import norm as norm_k
 from ..kernels.cuda import reduce as red_k
+from ..kernels.cuda.launch import Launcher, Profile
 
 try:
     from numba import cuda
 except ImportError:  # pragma: no cover - numba always ships a cuda module
     cuda = None
 
-_MODULES = {"ew": ew_k.kernels, "red": red_k.kernels,
-            "mm": mm_k.kernels, "conv": conv_k.kernels, "pool": pool_k.kernels}
+_MODULES = kc.MODULES
+kernel = kc.kernel
 # threads per block; the simulator runs every thread of a block in Python, so it gets fewer
 SIMULATOR = cuda is not None and cuda.config.ENABLE_CUDASIM
 THREADS = 64 if SIMULATOR else 256
@@ -39,15 +50,6 @@ MAX_BLOCKS = 2 if SIMULATOR else 65535
 
 # Launch recording, for the PTX check: (kernel key, dtype, argument descriptions)
 RECORD: list | None = [] if os.environ.get("NUMBACONV_RECORD_KERNELS") else None
-
-
-def kernel(key: str, dtype):
-    """The kernel named ``module.path`` (e.g. ``ew.binary.add``) specialised to ``dtype``."""
-    mod, *path = key.split(".")
-    obj = _MODULES[mod](np.dtype(dtype))
-    for part in path:
-        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
-    return obj
 
 
 def describe(arg):
@@ -125,6 +127,7 @@ def _basic_view(shape, index):
 
 class CUDABackend:
     name = "cuda"
+    checks_targets_on_device = True
 
     def __init__(self):
         if cuda is None or not (cuda.is_available() or cuda.config.ENABLE_CUDASIM):
@@ -136,25 +139,104 @@ class CUDABackend:
             warnings.warn("numba's built-in CUDA target is deprecated; install NVIDIA's "
                           "numba-cuda package (numbaconv[cuda13])", DeprecationWarning,
                           stacklevel=3)
+        if os.environ.get("NUMBACONV_CUDA_ALLOCATOR", "caching").strip().lower() != "numba":
+            mem_k.install()
         from . import initial_seed
 
+        self.launcher = Launcher()
+        self.threads = THREADS
+        if SIMULATOR:
+            self.blocks_wanted = 2
+        else:
+            self.blocks_wanted = 2 * cuda.get_current_device().MULTIPROCESSOR_COUNT
+        self._dummies: dict = {}
+        self._target_error = None     # device int64[2]: (flag, the first bad label seen)
+        self._targets_unchecked = False
+        if os.environ.get("NUMBACONV_CUDA_PROFILE", "").strip() not in ("", "0"):
+            self.profile_start()
+            import atexit
+
+            atexit.register(self._print_profile_at_exit)
         seed = initial_seed()
         self.seed = int(seed) if seed is not None else int.from_bytes(os.urandom(4), "little")
         self.counter = 0
 
-    # ------------------------------------------------------------ launching
+    # ------------------------------------------------------------ launching (the ctx of
+    # numbaconv.kernels.cuda's host functions)
+    def launch(self, key, dtype, grid, block, args):
+        if RECORD is not None:
+            RECORD.append((key, str(np.dtype(dtype)), [describe(a) for a in args]))
+        self.launcher(key, kernel(key, dtype), grid, block, args)
+
+    def n_blocks(self, n):
+        """A 1-D grid of ``threads``-thread blocks for n elements (kernels grid-stride)."""
+        return max(1, min((n + THREADS - 1) // THREADS, MAX_BLOCKS))
+
+    def cap(self, blocks):
+        return max(1, min(blocks, MAX_BLOCKS))
+
+    def dummy(self, dtype):
+        """A one-element array for an argument a kernel does not read."""
+        dtype = np.dtype(dtype)
+        d = self._dummies.get(dtype)
+        if d is None:
+            d = self._dummies[dtype] = cuda.to_device(np.zeros(1, dtype))
+        return d
+
+    def empty(self, shape, dtype):
+        return cuda.device_array(tuple(shape), dtype=np.dtype(dtype))
+
     def _run(self, key, dtype, n, *args, grid=None, block=None):
         if grid is None:
             if n == 0:
                 return
             block = THREADS
-            grid = min((n + THREADS - 1) // THREADS, MAX_BLOCKS)  # kernels grid-stride
-        if RECORD is not None:
-            RECORD.append((key, str(np.dtype(dtype)), [describe(a) for a in args]))
-        kernel(key, dtype)[grid, block](*args)
+            grid = self.n_blocks(n)
+        self.launch(key, dtype, grid, block, args)
 
-    def _empty(self, shape, dtype):
-        return cuda.device_array(tuple(shape), dtype=np.dtype(dtype))
+    _empty = empty
+
+    # ------------------------------------------------------------ memory, profiling
+    def synchronize(self):
+        cuda.synchronize()
+        self._check_targets()
+
+    def memory_stats(self) -> dict:
+        p = mem_k.pool()
+        stats = p.stats() if p is not None else {}
+        stats["launches"] = self.launcher.launches
+        stats["caching_allocator"] = p is not None
+        return stats
+
+    def reset_peak_memory(self):
+        p = mem_k.pool()
+        if p is not None:
+            p.reset_peak()
+
+    def empty_cache(self):
+        mem_k.empty_cache()
+
+    def profile_start(self):
+        self.launcher.profile = Profile()
+        p = mem_k.pool()
+        self._profile_alloc0 = p.n_alloc if p is not None else 0
+        self._profile_launch0 = self.launcher.launches
+
+    def profile_stop(self):
+        """(rows of (kernel, launches, GPU ms), launches, allocations) since profile_start."""
+        prof, self.launcher.profile = self.launcher.profile, None
+        if prof is None:
+            return [], 0, 0
+        rows = prof.table()
+        p = mem_k.pool()
+        allocs = (p.n_alloc - self._profile_alloc0) if p is not None else 0
+        return rows, self.launcher.launches - self._profile_launch0, allocs
+
+    def _print_profile_at_exit(self):
+        from .. import cuda as public
+
+        rows, launches, allocs = self.profile_stop()
+        print(public.format_profile(rows, launches, allocs))
 
     @staticmethod
     def _flat(a):
@@ -188,7 +270,27 @@ class CUDABackend:
         return cuda.to_device(np.asarray(data, dtype=dtype, order="C"))  # 0-d stays 0-d
 
     def to_numpy(self, a):
-        return a.copy_to_host()
+        out = a.copy_to_host()
+        self._check_targets()
+        return out
+
+    def _target_flag(self):
+        if self._target_error is None:
+            self._target_error = cuda.to_device(np.zeros(2, np.int64))
+        self._targets_unchecked = True
+        return self._target_error
+
+    def _check_targets(self):
+        """Raise the error a loss kernel flagged on the device since the last check."""
+        if not self._targets_unchecked:
+            return
+        self._targets_unchecked = False
+        flag = self._target_error.copy_to_host()
+        if flag[0]:
+            self._target_error.copy_to_device(np.zeros(2, np.int64))
+            raise ValueError(f"nll_loss/cross_entropy: target holds {int(flag[1])}, outside "
+                             f"[0, n_classes) (found on the device: the loss, its gradient and "
+                             f"any step taken since are invalid)")
 
     def zeros(self, shape, dtype):
         return self.full(shape, 0, dtype)
@@ -395,8 +497,18 @@ class CUDABackend:
     def _broadcast(self, key, a, b, out_dtype):
         shape = np.broadcast_shapes(tuple(a.shape), tuple(b.shape))
         out = self._empty(shape, out_dtype)
-        ks = _kshape(shape)
         fam = a.dtype if self._is_float(a.dtype) else self._fam(a.dtype)
+        op = key.rsplit(".", 1)[1]
+        if tuple(a.shape) == shape and tuple(b.shape) == shape:
+            self._run(f"ew.binary_same.{op}", fam, out.size, self._flat(a), self._flat(b),
+                      self._flat(out))
+            return out
+        if (a.size == 1 and tuple(b.shape) == shape) or (b.size == 1 and
+                                                         tuple(a.shape) == shape):
+            self._run(f"ew.binary_scalar.{op}", fam, out.size, self._flat(a), self._flat(b),
+                      bool(a.size == 1 and tuple(b.shape) == shape), self._flat(out))
+            return out
+        ks = _kshape(shape)
         self._run(key, fam, out.size, self._flat(a), _bstrides(a.shape, ks), self._flat(b),
                   _bstrides(b.shape, ks), ks, self._flat(out))
         return out
@@ -455,12 +567,16 @@ class CUDABackend:
                 if keepdims else self.full(tuple(s for d, s in enumerate(a.shape)
                                                  if d not in axes), fill, a.dtype)
         x2, kept, k = self._rows(a, axes)
-        out = self._empty((x2.shape[0],), a.dtype)
-        kop = "sum" if op == "mean" else op
-        self._run(f"red.{kop}", a.dtype, 0, x2, out, grid=x2.shape[0], block=red_k.BLOCK)
+        out = red_k.row_reduce(self, "sum" if op == "mean" else op, x2)
         if op == "mean":
-            out = self.binary("div", out, self.full((), k, a.dtype))
+            out = self._scale(out, 1.0 / k)
         return self._keep(out, a.shape, axes, keepdims)
+
+    def _scale(self, a, factor):
+        out = self._empty(a.shape, a.dtype)
+        self._run("ew.mul_scalar", a.dtype, out.size, self._flat(a), a.dtype.type(factor),
+                  self._flat(out))
+        return out
 
     def arg_reduce(self, op, a, axis, keepdims):
         src = a if self._is_float(a.dtype) else self.astype(a, np.float64)
@@ -517,8 +633,14 @@ class CUDABackend:
 
         A, sa = batched(A, m, k)
         B, sb = batched(B, k, n)
-        out = self._empty((nb, m, n), np.result_type(A.dtype, B.dtype))
-        self._mm(A, (sa, k, 1), B, (sb, n, 1), m, n, k, out)
+        dt = np.result_type(A.dtype, B.dtype)
+        out = self._empty((nb, m, n), dt)
+        if out.size:
+            if k == 0:
+                self.copy_(out, self.zeros(out.shape, dt))
+            else:
+                mm_k.gemm(self, self._flat(A), (sa, k, 1), self._flat(B), (sb, n, 1), m, n, k,
+                          nb, out, dt)
         shape = batch + (m, n)
         if a1 and b1:
             shape = ()
@@ -527,15 +649,6 @@ class CUDABackend:
         elif b1:
             shape = batch + (m,)
         return out.reshape(shape)
-
-    def _mm(self, a, a_strides, b, b_strides, m, n, k, out):
-        """out (batch, m, n) = a @ b with explicit (batch, row, col) element strides."""
-        tile = mm_k.TILE
-        cap = 2 if SIMULATOR else 65535
-        grid = (min((n + tile - 1) // tile, cap), min((m + tile - 1) // tile, cap), out.shape[0])
-        self._run("mm", out.dtype, 0, self._flat(a), tuple(a_strides), self._flat(b),
-                  tuple(b_strides), np.int64(m), np.int64(n), np.int64(k), out,
-                  grid=grid, block=(tile, tile))
 
     def softmax(self, a, axis, log):
         x2, perm = self._axis_last(a, axis)
@@ -558,71 +671,20 @@ class CUDABackend:
 
     # ------------------------------------------------------------ convolution
     def conv2d(self, x, w, b, stride, padding, dilation, groups):
-        n_img, _, h, wd = x.shape
-        n_out, cg, kh, kw = w.shape
-        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        og, kk, L = n_out // groups, cg * kh * kw, oh * ow
-        y = self._empty((n_img, n_out, oh, ow), x.dtype)
-        if y.size == 0:
-            return y
-        cols = self._empty((kk, n_img * L), x.dtype)
-        tmp = self._empty((1, og, n_img * L), x.dtype)
-        w2 = w.reshape((n_out, kk))
-        bias = b if b is not None else self.zeros((1,), x.dtype)
-        i64 = np.int64
-        for g in range(groups):
-            self._run("conv.im2col", x.dtype, cols.size, x, i64(g * cg), i64(cg), i64(kh),
-                      i64(kw), i64(sh), i64(sw), i64(ph), i64(pw), i64(dh), i64(dw), i64(oh),
-                      i64(ow), cols)
-            wg = w2[g * og:(g + 1) * og]
-            self._mm(wg, (0, kk, 1), cols, (0, n_img * L, 1), og, n_img * L, kk, tmp)
-            self._run("conv.gemm_to_nchw", x.dtype, tmp.size, tmp.reshape((og, n_img * L)),
-                      i64(g * og), bias, b is not None, y.reshape((n_img, n_out, L)))
-        return y
+        return conv_k.conv2d_forward(self, x, w, b, stride, padding, dilation, groups)
 
     def conv2d_backward(self, gy, x, w, stride, padding, dilation, groups, needs,
                         x_shape=None):
         need_x, need_w, need_b = needs
-        n_out, cg, kh, kw = w.shape
         x_shape = tuple(x.shape) if x is not None else tuple(x_shape)
-        n_img = x_shape[0]
-        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-        oh, ow = gy.shape[2], gy.shape[3]
-        og, kk, L = n_out // groups, cg * kh * kw, oh * ow
-        dt = gy.dtype
-        gx = self._empty(x_shape, dt) if need_x else None
-        gw = self._empty((n_out, kk), dt) if need_w else None
-        gb = self._empty((n_out,), dt) if need_b else None
-        if gy.size == 0:
+        n_out = w.shape[0]
+        if gy.size == 0 or 0 in x_shape:
+            dt = gy.dtype
             return (self.zeros(x_shape, dt) if need_x else None,
                     self.zeros(w.shape, dt) if need_w else None,
                     self.zeros((n_out,), dt) if need_b else None)
-        i64 = np.int64
-        geom = (i64(kh), i64(kw), i64(sh), i64(sw), i64(ph), i64(pw), i64(dh), i64(dw),
-                i64(oh), i64(ow))
-        gyt = self._empty((og, n_img * L), dt)
-        cols = self._empty((kk, n_img * L), dt)
-        w2 = w.reshape((n_out, kk))
-        gy3 = gy.reshape((n_img, n_out, L))
-        for g in range(groups):
-            self._run("conv.nchw_to_gemm", dt, gyt.size, gy3, i64(g * og), gyt)
-            if need_b:
-                self._run("red.sum", dt, 0, gyt, gb[g * og:(g + 1) * og], grid=og,
-                          block=red_k.BLOCK)
-            if need_w:
-                self._run("conv.im2col", dt, cols.size, x, i64(g * cg), i64(cg), *geom, cols)
-                # dW_g = gyt @ cols^T: cols read transposed through its strides
-                self._mm(gyt, (0, n_img * L, 1), cols, (0, 1, n_img * L), og, kk, n_img * L,
-                         gw[g * og:(g + 1) * og].reshape((1, og, kk)))
-            if need_x:
-                # dcols = W_g^T @ gyt, then each input pixel gathers its column entries
-                self._mm(w2[g * og:(g + 1) * og], (0, 1, kk), gyt, (0, n_img * L, 1), kk,
-                         n_img * L, og, cols.reshape((1, kk, n_img * L)))
-                self._run("conv.col2im", dt, n_img * cg * x_shape[2] * x_shape[3], cols,
-                          i64(g * cg), i64(cg), *geom, gx)
-        return gx, gw.reshape(w.shape) if need_w else None, gb
+        return conv_k.conv2d_backward(self, gy, x, w, stride, padding, dilation, groups, needs,
+                                      x_shape)
 
     def conv2d_grad_input(self, gy, w, x_shape, stride, padding, dilation, groups):
         return self.conv2d_backward(gy, None, w, stride, padding, dilation, groups,
@@ -713,7 +775,7 @@ class CUDABackend:
         y = self._empty(x3.shape, x.dtype)
         scale = self._empty(x3.shape, x.dtype)
         t = x.dtype.type
-        self._run("pool.lrn", x.dtype, y.size, x3, np.int64(size), t(alpha), t(beta), t(k),
+        self._run("norm.lrn", x.dtype, y.size, x3, np.int64(size), t(alpha), t(beta), t(k),
                   y, scale)
         return y.reshape(shape), scale.reshape(shape)
 
@@ -722,36 +784,28 @@ class CUDABackend:
         s3 = (shape[0], shape[1], x.size // (shape[0] * shape[1]))
         gx = self._empty(s3, x.dtype)
         t = x.dtype.type
-        self._run("pool.lrn_backward", x.dtype, gx.size, gy.reshape(s3), x.reshape(s3),
+        self._run("norm.lrn_backward", x.dtype, gx.size, gy.reshape(s3), x.reshape(s3),
                   y.reshape(s3), scale.reshape(s3), np.int64(size), t(alpha), t(beta), gx)
         return gx.reshape(shape)
 
     # ------------------------------------------------------------ normalisation, dropout
-    def batch_stats(self, x3):
-        mean = self._empty((x3.shape[1],), x3.dtype)
-        var = self._empty((x3.shape[1],), x3.dtype)
-        self._run("red.channel_stats", x3.dtype, 0, x3, mean, var, grid=x3.shape[1],
-                  block=red_k.BLOCK)
-        return mean, var
+    def batch_norm_stats(self, x3, eps, running_mean=None, running_var=None, momentum=0.1):
+        return norm_k.batch_stats(self, x3, eps, running_mean, running_var, momentum)
+
+    def batch_norm_invstd(self, var, eps):
+        out = self._empty(var.shape, var.dtype)
+        self._run("norm.invstd_from_var", var.dtype, var.size, var, var.dtype.type(eps), out)
+        return out
 
     def batch_norm(self, x3, mean, invstd, weight, bias, relu=False):
         y = self._empty(x3.shape, x3.dtype)
-        self._run("pool.bn_normalize", x3.dtype, y.size, x3, mean, invstd, weight, bias,
+        self._run("norm.normalize", x3.dtype, y.size, x3, mean, invstd, weight, bias,
                   bool(relu), y)
         return y
 
     def batch_norm_backward(self, g3, x3, mean, invstd, weight, training, relu_out=None):
-        if relu_out is not None:
-            g3 = self.activation_backward("relu", self.ascontiguous(g3), relu_out)
-        c = x3.shape[1]
-        sg = self._empty((c,), x3.dtype)
-        sgx = self._empty((c,), x3.dtype)
-        self._run("red.channel_grad_sums", x3.dtype, 0, g3, x3, mean, sg, sgx, grid=c,
-                  block=red_k.BLOCK)
-        gx = self._empty(x3.shape, x3.dtype)
-        self._run("pool.bn_backward", x3.dtype, gx.size, g3, x3, mean, invstd, weight, sg, sgx,
-                  bool(training), gx)
-        return gx, self.binary("mul", sgx, invstd), sg
+        return norm_k.batch_norm_backward(self, g3, x3, mean, invstd, weight, training,
+                                          relu_out)
 
     def dropout_mask(self, shape, p, dtype):
         out = self._empty(shape, dtype)
@@ -765,9 +819,9 @@ class CUDABackend:
         rows = logp.shape[0]
         losses = self._empty((rows,), logp.dtype)
         row_w = self._empty((rows,), logp.dtype)
-        w = weight if weight is not None else self.zeros((1,), logp.dtype)
+        w = weight if weight is not None else self.dummy(logp.dtype)
         self._run("red.nll_rows", logp.dtype, rows, logp, target, w, weight is not None,
-                  np.int64(ignore_index), losses, row_w)
+                  np.int64(ignore_index), losses, row_w, self._target_flag())
         return losses, row_w
 
     def nll_backward(self, g_rows, target, row_weights, n_classes):
@@ -780,7 +834,7 @@ class CUDABackend:
     def sgd_step(self, p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):
         t = p.dtype.type
         use_buf = buf is not None
-        self._run("ew.sgd_step", p.dtype, p.size, self._flat(p), self._flat(g),
+        self._run("optim.sgd_step", p.dtype, p.size, self._flat(p), self._flat(g),
                   self._flat(buf if use_buf else p), t(lr), t(momentum), t(dampening),
                   bool(nesterov), t(weight_decay), bool(first), use_buf)
 
@@ -788,6 +842,6 @@ class CUDABackend:
                   bias1, bias2_sqrt):
         t = p.dtype.type
         amsgrad = vmax is not None
-        self._run("ew.adam_step", p.dtype, p.size, self._flat(p), self._flat(g), self._flat(m),
+        self._run("optim.adam_step", p.dtype, p.size, self._flat(p), self._flat(g), self._flat(m),
                   self._flat(v), self._flat(vmax if amsgrad else v), t(lr), t(beta1), t(beta2),
                   t(eps), t(weight_decay), bool(decoupled), amsgrad, t(bias1), t(bias2_sqrt))
