@@ -115,7 +115,7 @@ def op_cases():
     ]
     for n, c, h, w, o, k, s, p, d, g, label in ob.CONV_SHAPES:
         kw = dict(stride=s, padding=p, dilation=d, groups=g)
-        cases.append((f"conv {label}", lambda F, x, wt, b, kw=kw: F.conv2d(x, wt, b, **kw),
+        cases.append((f"ops.py {label}", lambda F, x, wt, b, kw=kw: F.conv2d(x, wt, b, **kw),
                       [r(n, c, h, w), r(o, c // g, k, k) * 0.1, r(o)]))
     return cases
 
@@ -148,12 +148,13 @@ def op_table():
           f"{'ratio':>6s} {'err fwd':>8s} {'err grad':>8s}")
     worst, ratios = 0.0, []
     for name, fn, arrays in op_cases():
-        g = np.random.default_rng(1)
-        res = {}
+        res, g = {}, None
         for dev in ("cpu", "cuda"):
             ts = [nc.tensor(a, device=dev, requires_grad=True) for a in arrays]
             y = fn(F, *ts)
-            gy = nc.tensor(g.standard_normal(y.shape).astype(np.float32), device=dev)
+            if g is None:  # one output gradient for both devices
+                g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+            gy = nc.tensor(g, device=dev)
             y.backward(gy)
             res[dev] = (y.numpy(), [t.grad.numpy() for t in ts])
         gyc = gy
@@ -231,6 +232,10 @@ def training_steps(profile_top=6):
         cuda.synchronize()
         first_s = time.perf_counter() - t0
         ours = bs / timed(step, cuda.synchronize, 20, 3)
+        be = nc.get_backend("cuda")
+        be.launcher.fast = False  # numba's own launch path, for the launch overhead's share
+        numba_path = bs / timed(step, cuda.synchronize, 10, 1)
+        be.launcher.fast = True
         with ncuda.profile() as prof:
             step()
         d0 = ncuda.memory_stats().get("driver_allocations", 0)
@@ -266,7 +271,7 @@ def training_steps(profile_top=6):
             theirs_nt = bs / timed(tstep, torch.cuda.synchronize, 20, 3)
             _set_tf32(torch, True)
         rows.append((name, bs, ours, theirs, theirs_nt, prof.launches, prof.allocations,
-                     driver_allocs, same_bits, first_s))
+                     driver_allocs, same_bits, first_s, numba_path))
         profiles.append((f"{name} batch {bs}", prof.rows[:profile_top],
                          sum(r[2] for r in prof.rows)))
         del model, opt, X, Y, step
@@ -276,11 +281,11 @@ def training_steps(profile_top=6):
             f"{k} {c}x {ms:.2f}" for k, c, ms in top))
     print(f"\n{'training step':15s} {'batch':>5s} {'numbaconv img/s':>15s} {'torch img/s':>11s} "
           f"{'ratio':>6s} {'torch noTF32':>12s} {'ratio':>6s} {'launch':>6s} {'alloc':>5s} "
-          f"{'drv':>3s} {'same bits':>9s} {'1st step s':>10s}")
-    for name, bs, ours, theirs, nt, launches, allocs, drv, same, first_s in rows:
+          f"{'drv':>3s} {'same bits':>9s} {'1st step s':>10s} {'numba launch img/s':>18s}")
+    for name, bs, ours, theirs, nt, launches, allocs, drv, same, first_s, slow in rows:
         print(f"{name:15s} {bs:5d} {ours:15.0f} {theirs:11.0f} {ours / theirs:6.3f} "
               f"{nt:12.0f} {ours / nt:6.3f} {launches:6d} {allocs:5d} {drv:3d} "
-              f"{'yes' if same else 'NO':>9s} {first_s:10.1f}")
+              f"{'yes' if same else 'NO':>9s} {first_s:10.1f} {slow:18.0f}")
     return rows
 
 
@@ -388,8 +393,12 @@ def main(argv=None):
     import numba
     from numba import cuda
 
+    import numbaconv as nc
+
+    nc.get_backend("cuda")  # first: its caching allocator must be in place before a context
     dev = cuda.get_current_device()
-    print(f"GPU: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, "
+    name = getattr(dev, "name", "simulator")
+    print(f"GPU: {name.decode() if isinstance(name, bytes) else name}, "
           f"numba {numba.__version__}, numba-cuda "
           f"{getattr(__import__('numba_cuda'), '__version__', '?')}", flush=True)
     t0 = time.perf_counter()

@@ -183,14 +183,14 @@ def test_gemm_layouts_and_split_k(a_t, b_t):
 
     be = nc.get_backend("cuda")
     rng = np.random.default_rng(1)
-    batch, m, n, k = 2, mm.BM + 3, 5, 9 * mm.BK + 3
+    batch, m, n, k = 2, mm.BM + 3, 5, 71 * mm.BK + 3
     a = rng.standard_normal((batch, k, m) if a_t else (batch, m, k)).astype(np.float32)
     b = rng.standard_normal((batch, n, k) if b_t else (batch, k, n)).astype(np.float32)
     sa = (m * k, 1, m) if a_t else (m * k, k, 1)
     sb = (n * k, 1, k) if b_t else (n * k, n, 1)
     ref = (a.transpose(0, 2, 1) if a_t else a) @ (b.transpose(0, 2, 1) if b_t else b)
     results = []
-    for splits in (None, 3, 3):
+    for splits in (None, 3, 3, 100):  # 100: the block-per-output sum of the splits
         out = be.empty((batch, m, n), np.float32)
         mm.gemm(be, cuda.to_device(a.ravel()), sa, cuda.to_device(b.ravel()), sb, m, n, k,
                 batch, out, np.float32, splits=splits)

@@ -178,42 +178,42 @@ def kernels(dtype) -> SimpleNamespace:
         acc = cuda.local.array(MAX_DIRECT_TAPS, T)
         buf = cuda.shared.array(BLOCK, T)
         t = cuda.threadIdx.x
-        o = cuda.blockIdx.y
         b = cuda.blockIdx.x
         n_img, o_n, oh_n, ow_n = gy.shape
         h_n, w_n = x.shape[2], x.shape[3]
-        c = o // (o_n // x.shape[1])
         L = oh_n * ow_n
         taps = kh * kw
-        for tap in range(taps):
-            acc[tap] = zero
         hi = min((b + 1) * chunk, n_img * L)
-        for q in range(b * chunk + t, hi, BLOCK):
-            n = q // L
-            p = q - n * L
-            oh = p // ow_n
-            ow = p - oh * ow_n
-            g = gy[n, o, oh, ow]
-            for i in range(kh):
-                ih = oh * sh - ph + i * dh
-                if ih < 0 or ih >= h_n:
-                    continue
-                for j in range(kw):
-                    iw = ow * sw - pw + j * dw
-                    if 0 <= iw < w_n:
-                        acc[i * kw + j] += g * x[n, c, ih, iw]
-        for tap in range(taps):
-            buf[t] = acc[tap]
-            cuda.syncthreads()
-            s = BLOCK // 2
-            while s > 0:
-                if t < s:
-                    buf[t] += buf[t + s]
+        for o in range(cuda.blockIdx.y, o_n, cuda.gridDim.y):
+            c = o // (o_n // x.shape[1])
+            for tap in range(taps):
+                acc[tap] = zero
+            for q in range(b * chunk + t, hi, BLOCK):
+                n = q // L
+                p = q - n * L
+                oh = p // ow_n
+                ow = p - oh * ow_n
+                g = gy[n, o, oh, ow]
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    if ih < 0 or ih >= h_n:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw - pw + j * dw
+                        if 0 <= iw < w_n:
+                            acc[i * kw + j] += g * x[n, c, ih, iw]
+            for tap in range(taps):
+                buf[t] = acc[tap]
                 cuda.syncthreads()
-                s //= 2
-            if t == 0:
-                part[o, tap, b] = buf[0]
-            cuda.syncthreads()
+                s = BLOCK // 2
+                while s > 0:
+                    if t < s:
+                        buf[t] += buf[t + s]
+                    cuda.syncthreads()
+                    s //= 2
+                if t == 0:
+                    part[o, tap, b] = buf[0]
+                cuda.syncthreads()
 
     return SimpleNamespace(im2col=im2col, col2im=col2im, nchw_to_rows=nchw_to_rows,
                            depthwise=depthwise, depthwise_grad_input=depthwise_grad_input,
@@ -296,7 +296,7 @@ def conv2d_backward(ctx, gy, x, w, stride, padding, dilation, groups, needs, x_s
             chunk = -(-total // chunks)
             part = ctx.empty((n_out, kh * kw, chunks), dt)
             ctx.launch("conv.depthwise_grad_weight_partial", dt,
-                       (chunks, n_out), red.BLOCK,
+                       (chunks, ctx.cap(n_out)), red.BLOCK,
                        (gy, x, *geom[:8], i64(chunk), part))
             gw = red.last_axis_sum(ctx, part.reshape((n_out * kh * kw, chunks))).reshape(
                 w.shape)

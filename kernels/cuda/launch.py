@@ -12,10 +12,14 @@ pair around every launch and reports, per kernel, its launches and GPU time.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 from numba import cuda
 
 SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
+_NUMBA_PATH = object()  # a kernel numba keeps to its own launch path
 
 
 def _dim3(d):
@@ -73,11 +77,14 @@ class Launcher:
         self.launches = 0
         self.profile: Profile | None = None
         self._stream = None
+        self._warned = False
+        # NUMBACONV_CUDA_FAST_LAUNCH=0: numba's own path for every launch (to measure the gap)
+        self.fast = os.environ.get("NUMBACONV_CUDA_FAST_LAUNCH", "1").strip() != "0"
 
     def __call__(self, name, dispatcher, grid, block, args):
         self.launches += 1
         end = self.profile.around(name) if self.profile is not None else None
-        if SIMULATOR:
+        if SIMULATOR or not self.fast:
             dispatcher[grid, block](*args)
         else:
             key = (dispatcher, tuple(arg_key(a) for a in args))
@@ -85,8 +92,9 @@ class Launcher:
             if compiled is None:
                 dispatcher[grid, block](*args)  # types, compiles and launches once
                 compiled = self._find(dispatcher, args)
-                if compiled is not None:
-                    self._compiled[key] = compiled
+                self._compiled[key] = _NUMBA_PATH if compiled is None else compiled
+            elif compiled is _NUMBA_PATH:
+                dispatcher[grid, block](*args)
             else:
                 compiled.launch(args, _dim3(grid), _dim3(block), self._stream, 0)
         if end is not None:
@@ -102,4 +110,12 @@ class Launcher:
         if getattr(dispatcher, "_launch_config_sensitive", False):
             return None
         argtypes = tuple(dispatcher.typeof_pyval(a) for a in args)
-        return dispatcher.overloads.get(argtypes)
+        compiled = getattr(dispatcher, "overloads", {}).get(argtypes)
+        if compiled is None or not callable(getattr(compiled, "launch", None)):
+            if not self._warned:
+                self._warned = True
+                warnings.warn("numbaconv: this numba-cuda keeps its compiled kernels out of "
+                              "reach; launches take numba's slower dispatch path",
+                              RuntimeWarning, stacklevel=3)
+            return None
+        return compiled

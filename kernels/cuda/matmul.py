@@ -1,7 +1,7 @@
 """Batched matrix products C[z] = A[z] @ B[z]: a register-blocked shared-memory GEMM, with
 K split across blocks where the output alone would leave the GPU idle.
 
-Layout of the work (GPU sizes; the simulator, which runs each thread in Python, gets 16x16
+Layout of the work (GPU sizes; the simulator, which runs each thread in Python, gets 8x8
 tiles of 4x4 threads):
 
 - a block of TX x TY = 16 x 16 threads computes a BM x BN = 64 x 64 tile of C; each thread owns
@@ -32,13 +32,14 @@ import numba
 import numpy as np
 from numba import cuda
 
-if cuda.config.ENABLE_CUDASIM:
+if cuda.config.ENABLE_CUDASIM:  # small tiles: the simulator's cost is every padded FMA
     TX = TY = 4
-    BK = 8
+    BK = 4
+    RM = RN = 2
 else:
     TX = TY = 16
     BK = 16
-RM = RN = 4
+    RM = RN = 4
 BM, BN = TY * RM, TX * RN
 NT = TX * TY
 BM_PAD, BN_PAD = BM + 1, BN + 1  # shared tiles' row length (constants: a kernel's shared
@@ -158,6 +159,8 @@ def kernels(dtype) -> SimpleNamespace:
                                     if gc[3]:
                                         v += bias[ch]
                                     c[(img * gc[1] + ch) * L + p] = v
+                                elif gc[0]:  # gc = (has bias,): a linear layer's
+                                    c[z, row, col] = acc[i, j] + bias[col]
                                 else:
                                     c[z, row, col] = acc[i, j]
         return gemm
@@ -169,8 +172,9 @@ def kernels(dtype) -> SimpleNamespace:
     ns.gemm[variant(True, False, "nchw")] = make(True, False, True)
 
     @cuda.jit
-    def splitk_sum(ws, splits, out):
-        """out[b, i, j] = sum over s of ws[b * splits + s, i, j], in split order."""
+    def splitk_sum(ws, splits, bias, has_bias, out):
+        """out[b, i, j] = sum over s of ws[b * splits + s, i, j], in split order
+        (+ bias[j])."""
         per = out.shape[1] * out.shape[2]
         for q in range(cuda.grid(1), out.size, cuda.gridsize(1)):
             bz = q // per
@@ -180,9 +184,44 @@ def kernels(dtype) -> SimpleNamespace:
             v = zero
             for s in range(splits):
                 v += ws[bz * splits + s, i, j]
+            if has_bias:
+                v += bias[j]
             out[bz, i, j] = v
 
-    ns.splitk_sum = splitk_sum
+    TB = 32 if cuda.config.ENABLE_CUDASIM else 128
+
+    @cuda.jit
+    def splitk_sum_tree(ws, splits, bias, has_bias, out):
+        """As splitk_sum, one block per output element for many splits: each thread adds
+        a fixed stride of the splits, then a tree (the same order every run)."""
+        buf = cuda.shared.array(TB, T)
+        t = cuda.threadIdx.x
+        per = out.shape[1] * out.shape[2]
+        for q in range(cuda.blockIdx.x, out.size, cuda.gridDim.x):
+            bz = q // per
+            r = q - bz * per
+            i = r // out.shape[2]
+            j = r - i * out.shape[2]
+            v = zero
+            for s in range(t, splits, TB):
+                v += ws[bz * splits + s, i, j]
+            buf[t] = v
+            cuda.syncthreads()
+            h = TB // 2
+            while h > 0:
+                if t < h:
+                    buf[t] += buf[t + h]
+                cuda.syncthreads()
+                h //= 2
+            if t == 0:
+                v = buf[0]
+                if has_bias:
+                    v += bias[j]
+                out[bz, i, j] = v
+            cuda.syncthreads()
+
+    ns.splitk_sum, ns.splitk_sum_tree = splitk_sum, splitk_sum_tree
+    ns.tree_block = TB
     return ns
 
 
@@ -192,15 +231,20 @@ def variant(a_kfast: bool, b_kfast: bool, store: str) -> str:
     return f"{'k' if a_kfast else 'm'}{'k' if b_kfast else 'n'}_{store}"
 
 
-def plan(m: int, n: int, k: int, batch: int, blocks_wanted: int, max_splits: int = 256):
-    """(splits, kchunk, grid) for a product: split K only where the output's tiles alone give
-    fewer blocks than ``blocks_wanted`` (about two per SM) and each split keeps at least four
-    K tiles; kchunk is a multiple of BK."""
+MAX_WORKSPACE = 1 << 26  # elements of split-K partials
+
+
+def plan(m: int, n: int, k: int, batch: int, blocks_wanted: int, max_splits: int = 4096):
+    """(splits, kchunk) for a product: split K only where the output's tiles alone give
+    fewer blocks than ``blocks_wanted`` and each split keeps at least four K tiles; kchunk is
+    a multiple of BK. A weight gradient's tile is often mostly empty (6 or 16 rows of 64), so
+    each block has little in flight: many blocks are what keeps the loads coming."""
     tiles = -(-m // BM) * -(-n // BN) * batch
     k_tiles = -(-k // BK)
     splits = 1
     if tiles < blocks_wanted and k_tiles >= 8:
-        splits = min(-(-blocks_wanted // tiles), k_tiles // 4, max_splits)
+        splits = min(-(-blocks_wanted // tiles), k_tiles // 4, max_splits,
+                     max(1, MAX_WORKSPACE // max(m * n * batch, 1)))
         splits = max(splits, 1)
     kchunk = -(-k_tiles // splits) * BK
     splits = -(-k // kchunk) if k else 1
@@ -208,7 +252,7 @@ def plan(m: int, n: int, k: int, batch: int, blocks_wanted: int, max_splits: int
 
 
 def gemm(ctx, a, a_strides, b, b_strides, m, n, k, batch, out, dtype, *, nchw=None,
-         splits=None):
+         splits=None, bias=None):
     """out = a @ b over ``batch`` (grid z), operands read through (batch, row, col) strides.
     ``out`` is (batch, m, n) contiguous, or with ``nchw=(y_flat, L, C_out, bias)`` the
     convolution output written in place (no split-K then). ``splits`` overrides :func:`plan`."""
@@ -239,12 +283,19 @@ def gemm(ctx, a, a_strides, b, b_strides, m, n, k, batch, out, dtype, *, nchw=No
                     (i64(L), i64(c_out), i64(m), i64(has_bias)), bias, i64(m), i64(n), i64(k),
                     i64(1), i64(kchunk), i64(nz)))
         return
-    dummy = ctx.dummy(dtype)
-    zeros4 = (i64(0), i64(0), i64(0), i64(0))
+    # the bias (one per column) is added by the GEMM's store, or by the split-K sum
+    fused = bias is not None and splits == 1
+    gc = (i64(fused), i64(0), i64(0), i64(0))
     target = out if splits == 1 else ctx.empty((nz, m, n), dtype)
     ctx.launch(f"mm.gemm.{variant(a_kfast, b_kfast, 'plain')}", dtype, grid, block,
-               (a, strides[0], b, strides[1], target, zeros4, dummy, i64(m), i64(n), i64(k),
-                i64(splits), i64(kchunk), i64(nz)))
+               (a, strides[0], b, strides[1], target, gc,
+                bias if fused else ctx.dummy(dtype), i64(m), i64(n), i64(k), i64(splits),
+                i64(kchunk), i64(nz)))
     if splits > 1:
-        ctx.launch("mm.splitk_sum", dtype, ctx.n_blocks(out.size), ctx.threads,
-                   (target, i64(splits), out))
+        has_bias = bias is not None
+        args = (target, i64(splits), bias if has_bias else ctx.dummy(dtype), has_bias, out)
+        if splits >= 64:
+            ctx.launch("mm.splitk_sum_tree", dtype, ctx.cap(out.size),
+                       kernels(np.dtype(dtype)).tree_block, args)
+        else:
+            ctx.launch("mm.splitk_sum", dtype, ctx.n_blocks(out.size), ctx.threads, args)

@@ -135,7 +135,8 @@ def _manager_class():
             return super().memalloc(size)
 
         def _raw_free(self, mem):
-            mem.free()
+            """Nothing to call: the pool drops its reference to ``mem`` (numba's owned
+            pointer), whose finalizer queues the cuMemFree; release_cached flushes the queue."""
 
         def memalloc(self, size):
             if size == 0:

@@ -45,31 +45,32 @@ def kernels(dtype) -> SimpleNamespace:
     @cuda.jit
     def stats_partial(x, chunk, pmean, pm2):
         """Per (chunk b, channel c): the chunk's mean and centred sum of squares."""
-        c = cuda.blockIdx.y
         b = cuda.blockIdx.x
         t = cuda.threadIdx.x
         buf = cuda.shared.array(BLOCK, T)
         m = x.shape[2]
         lo = b * chunk
         hi = min(lo + chunk, x.shape[0] * m)
-        acc = zero
-        for q in range(lo + t, hi, BLOCK):
-            n = q // m
-            acc += x[n, c, q - n * m]
-        buf[t] = acc
-        _tree(buf, t)
-        mu = buf[0] / T(hi - lo)
-        cuda.syncthreads()
-        acc = zero
-        for q in range(lo + t, hi, BLOCK):
-            n = q // m
-            d = x[n, c, q - n * m] - mu
-            acc += d * d
-        buf[t] = acc
-        _tree(buf, t)
-        if t == 0:
-            pmean[c, b] = mu
-            pm2[c, b] = buf[0]
+        for c in range(cuda.blockIdx.y, x.shape[1], cuda.gridDim.y):
+            acc = zero
+            for q in range(lo + t, hi, BLOCK):
+                n = q // m
+                acc += x[n, c, q - n * m]
+            buf[t] = acc
+            _tree(buf, t)
+            mu = buf[0] / T(hi - lo)
+            cuda.syncthreads()
+            acc = zero
+            for q in range(lo + t, hi, BLOCK):
+                n = q // m
+                d = x[n, c, q - n * m] - mu
+                acc += d * d
+            buf[t] = acc
+            _tree(buf, t)
+            if t == 0:
+                pmean[c, b] = mu
+                pm2[c, b] = buf[0]
+            cuda.syncthreads()
 
     @cuda.jit
     def stats_final(pmean, pm2, chunk, total, eps, momentum, update, run_mean, run_var, mean,
@@ -113,30 +114,31 @@ def kernels(dtype) -> SimpleNamespace:
     def grad_partial(g, x, mean, y, relu, chunk, psg, psgx):
         """Per (chunk, channel): sums of g and g * (x - mean), g masked by the fused ReLU's
         output y where ``relu``."""
-        c = cuda.blockIdx.y
         b = cuda.blockIdx.x
         t = cuda.threadIdx.x
         b1 = cuda.shared.array(BLOCK, T)
         b2 = cuda.shared.array(BLOCK, T)
         m = x.shape[2]
-        mu = mean[c]
-        a1 = zero
-        a2 = zero
-        for q in range(b * chunk + t, min((b + 1) * chunk, x.shape[0] * m), BLOCK):
-            n = q // m
-            p = q - n * m
-            gv = g[n, c, p]
-            if relu and y[n, c, p] <= zero:
-                gv = zero
-            a1 += gv
-            a2 += gv * (x[n, c, p] - mu)
-        b1[t] = a1
-        b2[t] = a2
-        _tree(b1, t)
-        _tree(b2, t)
-        if t == 0:
-            psg[c, b] = b1[0]
-            psgx[c, b] = b2[0]
+        for c in range(cuda.blockIdx.y, x.shape[1], cuda.gridDim.y):
+            mu = mean[c]
+            a1 = zero
+            a2 = zero
+            for q in range(b * chunk + t, min((b + 1) * chunk, x.shape[0] * m), BLOCK):
+                n = q // m
+                p = q - n * m
+                gv = g[n, c, p]
+                if relu and y[n, c, p] <= zero:
+                    gv = zero
+                a1 += gv
+                a2 += gv * (x[n, c, p] - mu)
+            b1[t] = a1
+            b2[t] = a2
+            _tree(b1, t)
+            _tree(b2, t)
+            if t == 0:
+                psg[c, b] = b1[0]
+                psgx[c, b] = b2[0]
+            cuda.syncthreads()
 
     @cuda.jit
     def grad_final(psg, psgx, invstd, sg, sgx, gw):
@@ -218,7 +220,7 @@ def batch_stats(ctx, x3, eps, running_mean, running_var, momentum):
     chunks = -(-total // chunk)
     pmean = ctx.empty((c, chunks), dt)
     pm2 = ctx.empty((c, chunks), dt)
-    ctx.launch("norm.stats_partial", dt, (chunks, c), BLOCK,
+    ctx.launch("norm.stats_partial", dt, (chunks, ctx.cap(c)), BLOCK,
                (x3, np.int64(chunk), pmean, pm2))
     mean = ctx.empty((c,), dt)
     invstd = ctx.empty((c,), dt)
@@ -245,7 +247,7 @@ def batch_norm_backward(ctx, g3, x3, mean, invstd, weight, training, relu_out):
     chunks = -(-total // chunk)
     psg = ctx.empty((c, chunks), dt)
     psgx = ctx.empty((c, chunks), dt)
-    ctx.launch("norm.grad_partial", dt, (chunks, c), BLOCK,
+    ctx.launch("norm.grad_partial", dt, (chunks, ctx.cap(c)), BLOCK,
                (g3, x3, mean, y, relu, np.int64(chunk), psg, psgx))
     ctx.launch("norm.grad_final", dt, ctx.n_blocks(c), ctx.threads,
                (psg, psgx, invstd, sg, sgx, gw))

@@ -45,23 +45,24 @@ def kernels(dtype) -> SimpleNamespace:
     def row_reduce(combine, init):
         @cuda.jit
         def k(x, out):
-            r = cuda.blockIdx.x
             t = cuda.threadIdx.x
             buf = cuda.shared.array(BLOCK, T)
             n = x.shape[1]
-            acc = init
-            for j in range(t, n, BLOCK):
-                acc = combine(acc, x[r, j])
-            buf[t] = acc
-            cuda.syncthreads()
-            s = BLOCK // 2
-            while s > 0:
-                if t < s:
-                    buf[t] = combine(buf[t], buf[t + s])
+            for r in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+                acc = init
+                for j in range(t, n, BLOCK):
+                    acc = combine(acc, x[r, j])
+                buf[t] = acc
                 cuda.syncthreads()
-                s //= 2
-            if t == 0:
-                out[r] = buf[0]
+                s = BLOCK // 2
+                while s > 0:
+                    if t < s:
+                        buf[t] = combine(buf[t], buf[t + s])
+                    cuda.syncthreads()
+                    s //= 2
+                if t == 0:
+                    out[r] = buf[0]
+                cuda.syncthreads()
         return k
 
     dev = cuda.jit(device=True, inline=True)
@@ -197,23 +198,24 @@ def kernels(dtype) -> SimpleNamespace:
         @cuda.jit
         def k(x, chunk, part):
             """part[r, b] = combine of x[r, b*chunk:(b+1)*chunk]: grid (chunks, rows)."""
-            r = cuda.blockIdx.y
             b = cuda.blockIdx.x
             t = cuda.threadIdx.x
             buf = cuda.shared.array(BLOCK, T)
-            acc = init
-            for j in range(b * chunk + t, min((b + 1) * chunk, x.shape[1]), BLOCK):
-                acc = combine(acc, x[r, j])
-            buf[t] = acc
-            cuda.syncthreads()
-            s = BLOCK // 2
-            while s > 0:
-                if t < s:
-                    buf[t] = combine(buf[t], buf[t + s])
+            for r in range(cuda.blockIdx.y, x.shape[0], cuda.gridDim.y):
+                acc = init
+                for j in range(b * chunk + t, min((b + 1) * chunk, x.shape[1]), BLOCK):
+                    acc = combine(acc, x[r, j])
+                buf[t] = acc
                 cuda.syncthreads()
-                s //= 2
-            if t == 0:
-                part[r, b] = buf[0]
+                s = BLOCK // 2
+                while s > 0:
+                    if t < s:
+                        buf[t] = combine(buf[t], buf[t + s])
+                    cuda.syncthreads()
+                    s //= 2
+                if t == 0:
+                    part[r, b] = buf[0]
+                cuda.syncthreads()
         return k
 
     ns.partial = {
@@ -225,19 +227,20 @@ def kernels(dtype) -> SimpleNamespace:
     def channel_partial(x, chunk, part):
         """part[c, b] = sum of x[n, c, p] over the b-th chunk of the flattened (n, p) of an
         (N, C, L) array: grid (chunks, C)."""
-        c = cuda.blockIdx.y
         b = cuda.blockIdx.x
         t = cuda.threadIdx.x
         buf = cuda.shared.array(BLOCK, T)
         m = x.shape[2]
-        acc = zero
-        for q in range(b * chunk + t, min((b + 1) * chunk, x.shape[0] * m), BLOCK):
-            n = q // m
-            acc += x[n, c, q - n * m]
-        buf[t] = acc
-        _block_sum(buf, t)
-        if t == 0:
-            part[c, b] = buf[0]
+        for c in range(cuda.blockIdx.y, x.shape[1], cuda.gridDim.y):
+            acc = zero
+            for q in range(b * chunk + t, min((b + 1) * chunk, x.shape[0] * m), BLOCK):
+                n = q // m
+                acc += x[n, c, q - n * m]
+            buf[t] = acc
+            _block_sum(buf, t)
+            if t == 0:
+                part[c, b] = buf[0]
+            cuda.syncthreads()
 
     ns.softmax_rows, ns.softmax_rows_backward = softmax_rows, softmax_rows_backward
     ns.nll_rows, ns.nll_rows_backward = nll_rows, nll_rows_backward
@@ -260,14 +263,14 @@ def row_reduce(ctx, op, x2, out=None):
     rows, k = x2.shape
     dt = x2.dtype
     out = ctx.empty((rows,), x2.dtype) if out is None else out
-    chunks = n_chunks(k, rows, ctx.blocks_wanted) if rows < 65536 else 1
+    chunks = n_chunks(k, rows, ctx.blocks_wanted)
     if chunks > 1:
         chunk = -(-k // chunks)
-        part = ctx.empty((rows, chunks), x2.dtype)
-        ctx.launch(f"red.partial.{op}", dt, (chunks, rows), BLOCK,
+        part = ctx.empty((rows, chunks), dt)
+        ctx.launch(f"red.partial.{op}", dt, (chunks, ctx.cap(rows)), BLOCK,
                    (x2, np.int64(chunk), part))
         x2 = part
-    ctx.launch(f"red.{op}", dt, rows, BLOCK, (x2, out))
+    ctx.launch(f"red.{op}", dt, ctx.cap(rows), BLOCK, (x2, out))
     return out
 
 
@@ -281,9 +284,9 @@ def channel_sums(ctx, x3):
     dt = x3.dtype
     chunks = n_chunks(n_img * m, c, ctx.blocks_wanted)
     chunk = -(-(n_img * m) // chunks)
-    part = ctx.empty((c, chunks), x3.dtype)
-    ctx.launch("red.channel_partial", dt, (chunks, c), BLOCK,
+    part = ctx.empty((c, chunks), dt)
+    ctx.launch("red.channel_partial", dt, (chunks, ctx.cap(c)), BLOCK,
                (x3, np.int64(chunk), part))
-    out = ctx.empty((c,), x3.dtype)
-    ctx.launch("red.sum", dt, c, BLOCK, (part, out))
-    return out
+    if chunks == 1:
+        return part.reshape((c,))
+    return row_reduce(ctx, "sum", part)

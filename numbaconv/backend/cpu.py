@@ -281,6 +281,13 @@ class CPUBackend:
     def matmul(self, a, b):
         return threads.matmul(a, b)
 
+    def linear(self, x, w, b):
+        y = self.matmul(x, self.transpose(w, (1, 0)))
+        return y if b is None else self.binary("add", y, b)
+
+    def matmul_tn(self, a, b):
+        return self.matmul(self.transpose(a, (1, 0)), b)
+
     @staticmethod
     def _to_last(a, axis):
         """``a`` with ``axis`` last, contiguous (no moveaxis call when it is last already: the

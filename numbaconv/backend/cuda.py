@@ -130,6 +130,9 @@ class CUDABackend:
     checks_targets_on_device = True
 
     def __init__(self):
+        if cuda is not None and os.environ.get("NUMBACONV_CUDA_ALLOCATOR", "caching").strip(
+                ).lower() != "numba":
+            mem_k.install()  # before anything creates a CUDA context
         if cuda is None or not (cuda.is_available() or cuda.config.ENABLE_CUDASIM):
             raise RuntimeError(
                 "the 'cuda' backend needs an NVIDIA GPU with its driver, and NVIDIA's numba-cuda "
@@ -139,16 +142,16 @@ class CUDABackend:
             warnings.warn("numba's built-in CUDA target is deprecated; install NVIDIA's "
                           "numba-cuda package (numbaconv[cuda13])", DeprecationWarning,
                           stacklevel=3)
-        if os.environ.get("NUMBACONV_CUDA_ALLOCATOR", "caching").strip().lower() != "numba":
-            mem_k.install()
         from . import initial_seed
 
         self.launcher = Launcher()
         self.threads = THREADS
+        # blocks that keep the GPU's loads in flight where a grid is sized by the work (split
+        # reductions and split-K): 8 per SM, as such blocks are mostly waiting on memory
         if SIMULATOR:
             self.blocks_wanted = 2
         else:
-            self.blocks_wanted = 2 * cuda.get_current_device().MULTIPROCESSOR_COUNT
+            self.blocks_wanted = 8 * cuda.get_current_device().MULTIPROCESSOR_COUNT
         self._dummies: dict = {}
         self._target_error = None     # device int64[2]: (flag, the first bad label seen)
         self._targets_unchecked = False
@@ -566,6 +569,19 @@ class CUDABackend:
             return self._keep(self.full(kept_shape, fill, a.dtype), a.shape, axes, True) \
                 if keepdims else self.full(tuple(s for d, s in enumerate(a.shape)
                                                  if d not in axes), fill, a.dtype)
+        kept_axes = [d for d in range(a.ndim) if d not in axes]
+        if op in ("sum", "mean") and kept_axes and \
+                kept_axes == list(range(kept_axes[0], kept_axes[-1] + 1)) and \
+                int(np.prod([a.shape[d] for d in kept_axes])) < 65536:
+            # the kept dims are one block between reduced ones (a bias gradient (N, C) or
+            # (N, C, H, W) summed to C): sums over the (before, kept, after) view, no transpose
+            lead = int(np.prod(a.shape[:kept_axes[0]]))
+            mid = int(np.prod([a.shape[d] for d in kept_axes]))
+            out = red_k.channel_sums(self, a.reshape((lead, mid, a.size // (lead * mid))))
+            k = a.size // mid
+            if op == "mean":
+                out = self._scale(out, 1.0 / k)
+            return self._keep(out, a.shape, axes, keepdims)
         x2, kept, k = self._rows(a, axes)
         out = red_k.row_reduce(self, "sum" if op == "mean" else op, x2)
         if op == "mean":
@@ -649,6 +665,26 @@ class CUDABackend:
         elif b1:
             shape = batch + (m,)
         return out.reshape(shape)
+
+    def linear(self, x, w, b):
+        m, k = x.shape
+        n = w.shape[0]
+        out = self._empty((1, m, n), x.dtype)
+        if out.size:
+            mm_k.gemm(self, self._flat(x), (0, k, 1), self._flat(w), (0, 1, k), m, n, k, 1,
+                      out, x.dtype, bias=b)
+        return out.reshape((m, n))
+
+    def matmul_tn(self, a, b):
+        k, m = a.shape
+        n = b.shape[1]
+        out = self._empty((1, m, n), a.dtype)
+        if out.size:
+            if k == 0:
+                return self.zeros((m, n), a.dtype)
+            mm_k.gemm(self, self._flat(a), (0, 1, m), self._flat(b), (0, n, 1), m, n, k, 1,
+                      out, a.dtype)
+        return out.reshape((m, n))
 
     def softmax(self, a, axis, log):
         x2, perm = self._axis_last(a, axis)
