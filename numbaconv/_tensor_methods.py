@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .autograd import mark_written
 from .functional import ops as F
 from .tensor import Tensor
 
@@ -72,6 +73,7 @@ def _inplace(name, fn):
         if result.dtype != self.dtype:
             raise TypeError(f"{name}: result has dtype {result.dtype}, the tensor {self.dtype}")
         self.backend.copy_(self.data, result.data)
+        mark_written(self)
         return self
 
     method.__name__ = name
@@ -119,6 +121,7 @@ def _setitem(self, index, value):
                             f"{type(value).__name__}")
         data = self.backend.full((), value, self.dtype)
     self.backend.setitem(self.data, parts, data)
+    mark_written(self)
 
 
 Tensor.__setitem__ = _setitem

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,6 +63,53 @@ class enable_grad(_GradMode):
     mode = True
 
 
+class _InplaceLog:
+    """When each storage was last written in place, on one clock that every in-place write
+    advances (``add_``, ``__setitem__``, ``copy_``, optimizer updates, ``nn.init``, through a
+    detached view or under ``no_grad`` alike). A Function notes the clock when it runs; at its
+    backward, if the clock has moved, each array it kept is checked: written since means its
+    gradient would be computed from values the forward never saw, so backward refuses (as
+    PyTorch's version counters do). Nothing is looked up per op until something is written in
+    place, and then only for the ops that ran before the write."""
+
+    def __init__(self):
+        self.clock = 0
+        self._last: dict[int, tuple] = {}   # id(storage) -> (weakref to it, clock of write)
+
+    def written(self, backend, array) -> None:
+        root = backend.storage(array)
+        self.clock += 1
+        key = id(root)
+        log = self._last
+
+        def forget(ref, key=key):
+            entry = log.get(key)
+            if entry is not None and entry[0] is ref:
+                del log[key]
+
+        try:
+            ref = weakref.ref(root, forget)
+        except TypeError:  # a storage that cannot be weakly referenced: keep it alive
+            def ref(r=root):
+                return r
+        log[key] = (ref, self.clock)
+
+    def written_since(self, backend, array, clock) -> bool:
+        root = backend.storage(array)
+        entry = self._last.get(id(root))
+        return entry is not None and entry[0]() is root and entry[1] > clock
+
+
+INPLACE = _InplaceLog()
+
+
+def mark_written(tensor_or_array, backend=None) -> None:
+    """Record an in-place write into a tensor's storage (see :class:`_InplaceLog`)."""
+    data = getattr(tensor_or_array, "data", tensor_or_array)
+    be = backend if backend is not None else tensor_or_array.backend
+    INPLACE.written(be, data)
+
+
 class Function:
     """One differentiable op.
 
@@ -71,10 +119,29 @@ class Function:
     ``self.backend`` is the backend of the inputs; ``self.save(...)`` keeps arrays for backward.
     """
 
-    __slots__ = ("backend", "inputs", "needs_input_grad", "saved", "freed", "__dict__")
+    __slots__ = ("backend", "inputs", "needs_input_grad", "saved", "freed", "clock",
+                 "__dict__")
 
     def save(self, *arrays):
         self.saved = arrays
+
+    def _check_unchanged(self):
+        """Raise if an array this op kept (saved, or held as an attribute: a mask, an output,
+        the targets) was written in place after the op ran."""
+        if INPLACE.clock == self.clock:
+            return
+        be = self.backend
+        kept = list(self.saved)
+        for value in self.__dict__.values():
+            kept.extend(value if isinstance(value, tuple) else (value,))
+        for a in kept:
+            if be.is_array(a) and INPLACE.written_since(be, a, self.clock):
+                raise RuntimeError(
+                    f"{type(self).__name__}: a tensor of shape {tuple(a.shape)} that this op "
+                    f"kept for its gradient was modified in place after the forward pass "
+                    f"(add_, __setitem__, copy_, an optimizer step, ...); its gradient would be "
+                    f"wrong. Change a copy (clone()) instead, or run the forward again after "
+                    f"the change")
 
     @classmethod
     def apply(cls, *inputs: Tensor, **params):
@@ -90,6 +157,8 @@ class Function:
                 )
         fn = cls()
         fn.backend = first.backend
+        fn.saved = ()
+        fn.clock = INPLACE.clock
         out = fn.forward(*[t.data for t in inputs], **params)
         record = is_grad_enabled() and any(t.requires_grad for t in inputs)
         extra = ()
@@ -167,6 +236,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 "tensors after they have already been freed). Specify retain_graph=True on the "
                 "first backward() if you need to backward through it again."
             )
+        fn._check_unchanged()
         in_grads = fn.backward(g)
         if not retain_graph:
             fn.saved = ()

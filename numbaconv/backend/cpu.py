@@ -281,6 +281,16 @@ class CPUBackend:
     def matmul(self, a, b):
         return threads.matmul(a, b)
 
+    @staticmethod
+    def storage(a):
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a
+
+    @staticmethod
+    def is_array(value):
+        return isinstance(value, np.ndarray)
+
     def linear(self, x, w, b):
         y = self.matmul(x, self.transpose(w, (1, 0)))
         return y if b is None else self.binary("add", y, b)
@@ -502,7 +512,9 @@ class CPUBackend:
     def nll_backward(self, g_rows, target, row_weights, n_classes):
         out = np.zeros((len(target), n_classes), dtype=g_rows.dtype)
         safe = np.clip(target, 0, n_classes - 1)
-        out[np.arange(len(target)), safe] = -g_rows * row_weights
+        # an ignored row (weight 0) gets nothing, even where g is NaN (a mean over no rows)
+        rows = np.flatnonzero(row_weights != 0)
+        out[rows, safe[rows]] = -g_rows[rows] * row_weights[rows]
         return out
 
     # ------------------------------------------------------------ optimizers

@@ -272,6 +272,22 @@ class CUDABackend:
     def asarray(self, data, dtype):
         return cuda.to_device(np.asarray(data, dtype=dtype, order="C"))  # 0-d stays 0-d
 
+    @staticmethod
+    def storage(a):
+        data = getattr(a, "gpu_data", None)
+        if data is not None:  # views of a buffer share its owning pointer
+            return getattr(data, "owner", data)
+        ary = getattr(a, "_ary", None)  # the simulator's arrays wrap NumPy ones
+        if ary is not None:
+            while isinstance(ary.base, np.ndarray):
+                ary = ary.base
+            return ary
+        return a
+
+    @staticmethod
+    def is_array(value):
+        return hasattr(value, "copy_to_host")
+
     def to_numpy(self, a):
         out = a.copy_to_host()
         self._check_targets()

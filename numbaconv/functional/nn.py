@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from ..autograd import Function
+from ..autograd import Function, mark_written
 from ..tensor import Tensor
 from . import ops
 from .ops import _check_float, _check_tensor
@@ -150,6 +150,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         mean, invstd = be.batch_norm_stats(
             x3, float(eps), running_mean.data if update else None,
             running_var.data if update else None, float(momentum))
+        if update:
+            mark_written(running_mean)
+            mark_written(running_var)
     else:
         mean = running_mean.data
         invstd = be.batch_norm_invstd(running_var.data, float(eps))
@@ -279,6 +282,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
             else:
                 safe = np.where(tgt.numpy() != ignore_index, tgt.numpy(), 0)
                 denom = (weight[safe] * valid).sum()
+            # every target ignored: the loss is NaN (nll's 0/0, as PyTorch's) but the
+            # smoothing term's gradient must stay 0, not 0 * (1/0)
+            denom = denom + (denom == 0).type(denom.dtype)
             smooth = smooth.sum() / denom
         elif reduction == "sum":
             smooth = smooth.sum()

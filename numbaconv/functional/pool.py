@@ -195,9 +195,26 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
 
 def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
                 align_corners=None, recompute_scale_factor=None) -> Tensor:
-    """Upsample (or downsample) an NCHW input; ``mode='nearest'`` as PyTorch computes it:
-    source index ``floor(dst * scale)``, with scale ``1/scale_factor`` or ``in/out``."""
+    """Upsample (or downsample) an (N, C, L) or (N, C, H, W) input, as PyTorch: a 3-D input is
+    a batch of 1-D signals (never one unbatched image). ``mode='nearest'`` as PyTorch computes
+    it: source index ``floor(dst * scale)``, with scale ``1/scale_factor`` or ``in/out``."""
     fn = "interpolate"
+    if isinstance(input, Tensor) and input.ndim == 3:
+        def one(v, name):
+            if isinstance(v, tuple | list):
+                if len(v) != 1:
+                    raise ValueError(f"{fn}(): {name}={v!r} for a 3-D (N, C, L) input must be "
+                                     f"one value")
+                return v[0]
+            return v
+        size1 = None if size is None else (1, one(size, "size"))
+        scale1 = None if scale_factor is None else (1.0, one(scale_factor, "scale_factor"))
+        y = interpolate(input.unsqueeze(2), size1, scale1, mode, align_corners,
+                        recompute_scale_factor)
+        return y.squeeze(2)
+    if isinstance(input, Tensor) and input.ndim != 4:
+        raise ValueError(f"{fn}(): input must be 3-D (N, C, L) or 4-D (N, C, H, W), got shape "
+                         f"{input.shape}")
     x, unbatched = check_input4d(input, fn)
     if mode != "nearest":
         raise ValueError(f"{fn}(): mode={mode!r} is not supported; expected 'nearest'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..autograd import no_grad
+from ..autograd import mark_written, no_grad
 from ..tensor import Tensor
 
 
@@ -47,6 +47,7 @@ def _fan(t: Tensor, mode: str) -> int:
 def _fill(t: Tensor, values) -> Tensor:
     with no_grad():
         t.backend.copy_(t.data, values)
+        mark_written(t)
     return t
 
 

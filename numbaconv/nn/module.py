@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 
+from ..autograd import mark_written
 from ..tensor import Tensor, is_floating
 
 
@@ -275,6 +276,7 @@ class Module:
                 v = state_dict[k]
                 arr = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
                 t.backend.copy_(t.data, t.backend.asarray(arr, t.dtype))
+                mark_written(t)
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------ calling and printing

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from ..autograd import no_grad
+from ..autograd import mark_written, no_grad
 from ..tensor import Tensor
 
 
@@ -165,6 +165,7 @@ class SGD(Optimizer):
                 buf = st["momentum_buffer"].data
             p.backend.sgd_step(p.data, grad, buf, g["lr"], g["momentum"], g["dampening"],
                                g["nesterov"], g["weight_decay"], first)
+            mark_written(p)
         return loss
 
 
@@ -209,6 +210,7 @@ class Adam(Optimizer):
             p.backend.adam_step(p.data, grad, st["exp_avg"].data, st["exp_avg_sq"].data, vmax,
                                 g["lr"], b1, b2, g["eps"], g["weight_decay"], self.decoupled,
                                 1 - b1 ** t, math.sqrt(1 - b2 ** t))
+            mark_written(p)
         return loss
 
 

@@ -1,0 +1,132 @@
+"""Misuse that used to give silently wrong results (issue 16): in-place changes of tensors
+that backward needs, batches whose every target is ignored, 3-D inputs to interpolate."""
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+import numbaconv.functional as F
+from numbaconv import nn, optim
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+def _pair():
+    x = nc.tensor(np.arange(1, 4, dtype=np.float32))
+    w = nc.tensor(np.arange(3, dtype=np.float32), requires_grad=True)
+    return x, w
+
+
+@pytest.mark.parametrize("change", [
+    lambda x: x.mul_(10),
+    lambda x: x.add_(1),
+    lambda x: x.copy_(nc.zeros(3)),
+    lambda x: x.__setitem__(0, 5.0),
+    lambda x: x.detach().__setitem__(slice(1, 2), 7.0),   # through a view of its storage
+    lambda x: x.reshape(3, 1).detach().mul_(2),
+])
+def test_inplace_change_of_a_saved_tensor_raises(change):
+    x, w = _pair()
+    y = (x * w).sum()
+    with nc.no_grad():   # no_grad does not make it safe
+        change(x)
+    with pytest.raises(RuntimeError, match=r"Mul: a tensor of shape \(3,\) .* modified in place"):
+        y.backward()
+
+
+def test_inplace_change_of_an_unsaved_tensor_is_fine():
+    x, w = _pair()
+    y = (x + w).sum()  # an addition keeps neither operand
+    x.mul_(10)
+    y.backward()
+    np.testing.assert_array_equal(w.grad.numpy(), np.ones(3, np.float32))
+    y2 = (x * w).sum()  # and x, changed before this forward, is used as it now is
+    y2.backward()
+    np.testing.assert_array_equal(w.grad.numpy(), 1 + x.numpy())
+
+
+def test_optimizer_step_between_forward_and_backward_raises():
+    nc.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    x = nc.randn(2, 1, 4, 4)
+    stale = model(x).sum()
+    fresh = model(x).sum()
+    fresh.backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified in place"):
+        stale.backward()
+    model.zero_grad()
+    model(x).sum().backward()  # a forward after the step is consistent again
+
+
+def test_retain_graph_then_step_raises_and_init_counts_as_a_write():
+    lin = nn.Linear(3, 2)
+    out = lin(nc.ones(1, 3)).sum()
+    nn.init.zeros_(lin.weight)
+    with pytest.raises(RuntimeError, match="Linear"):
+        out.backward()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_targets_ignored_gives_zero_gradient(smoothing, weighted):
+    logits = nc.randn(3, 4, requires_grad=True)
+    weight = nc.tensor([1.0, 2.0, 3.0, 4.0]) if weighted else None
+    loss = F.cross_entropy(logits, nc.tensor([-100, -100, -100]), weight=weight,
+                           label_smoothing=smoothing)
+    loss.backward()
+    assert np.isnan(loss.item())  # a mean over no targets, as PyTorch's
+    np.testing.assert_array_equal(logits.grad.numpy(), np.zeros((3, 4), np.float32))
+    if torch is not None:
+        t = torch.tensor(logits.numpy(), requires_grad=True)
+        torch.nn.functional.cross_entropy(
+            t, torch.tensor([-100, -100, -100]), label_smoothing=smoothing,
+            weight=None if weight is None else torch.tensor(weight.numpy())).backward()
+        np.testing.assert_array_equal(t.grad.numpy(), logits.grad.numpy())
+
+
+def test_some_targets_ignored_matches_the_reference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5)).astype(np.float64)
+    target = np.array([1, -100, 4, -100])
+    logits = nc.tensor(x, requires_grad=True)
+    F.cross_entropy(logits, nc.tensor(target)).backward()
+    p = np.exp(x - x.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ref = np.zeros_like(x)
+    for r in (0, 2):
+        ref[r] = p[r]
+        ref[r, target[r]] -= 1
+    np.testing.assert_allclose(logits.grad.numpy(), ref / 2, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kw", [{"scale_factor": 2}, {"size": 7}, {"size": (3,)},
+                                {"scale_factor": (1.5,)}])
+def test_interpolate_3d_is_a_batch_of_signals(kw):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5))
+    y = F.interpolate(nc.tensor(x), **kw)
+    n_out = kw.get("size", None)
+    n_out = (n_out[0] if isinstance(n_out, tuple) else n_out) if n_out is not None else int(
+        np.floor(5 * (kw["scale_factor"][0] if isinstance(kw["scale_factor"], tuple)
+                      else kw["scale_factor"])))
+    assert y.shape == (2, 3, n_out)
+    scale = 5 / n_out if "size" in kw else 1 / (kw["scale_factor"][0] if isinstance(
+        kw["scale_factor"], tuple) else kw["scale_factor"])
+    src = np.minimum(np.floor(np.arange(n_out) * np.float32(scale)).astype(int), 4)
+    np.testing.assert_array_equal(y.numpy(), x[:, :, src])
+    if torch is not None:
+        ref = torch.nn.functional.interpolate(torch.tensor(x), **kw).numpy()
+        np.testing.assert_array_equal(y.numpy(), ref)
+    nc.gradcheck(lambda t: F.interpolate(t, **kw), (nc.tensor(x, requires_grad=True),))
+
+
+def test_interpolate_rejects_other_ranks():
+    with pytest.raises(ValueError, match=r"3-D \(N, C, L\) or 4-D"):
+        F.interpolate(nc.ones(2, 3), scale_factor=2)
+    with pytest.raises(ValueError, match="one value"):
+        F.interpolate(nc.ones(1, 2, 3), size=(2, 2))
