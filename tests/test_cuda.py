@@ -107,6 +107,9 @@ CASES = {
     "mse": (lambda a, b: F.mse_loss(a, b), [r(3, 4), r(3, 4)]),
     "float64": (lambda a, b: (a @ b).tanh().sum(0), [r(3, 4, dtype=np.float64),
                                                      r(4, 2, dtype=np.float64)]),
+    "conv2d rectangular": (lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(0, 2),
+                                                    dilation=(1, 2)),
+                           [r(2, 3, 7, 6), r(4, 3, 2, 3), r(4)]),
     # depthwise layers take the direct kernels; a channel multiplier, stride and dilation
     "conv2d depthwise": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=2, dilation=2,
                                                   groups=3),
@@ -129,6 +132,18 @@ CASES = {
 @needs_cuda
 @pytest.mark.parametrize("name", list(CASES))
 def test_op_matches_cpu(name):
+    fn, arrays = CASES[name]
+    _check(fn, arrays)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["conv2d", "conv2d groups dilation", "conv2d rectangular"])
+def test_conv_with_materialised_columns(name, monkeypatch):
+    """NUMBACONV_CUDA_CONV=im2col: the column matrix written out, then the plain GEMMs (the
+    default reads it implicitly from the image); both agree with the CPU."""
+    from numbaconv.kernels.cuda import conv as conv_k
+
+    monkeypatch.setattr(conv_k, "IMPLICIT", False)
     fn, arrays = CASES[name]
     _check(fn, arrays)
 
@@ -312,6 +327,13 @@ def test_every_kernel_compiles_to_ptx_without_f64(tmp_path):
         test_batchnorm_dropout_and_rng_on_device()
         test_optimizers_on_device()
         test_binary_paths_match_cpu()
+        from numbaconv.kernels.cuda import conv as conv_k
+
+        conv_k.IMPLICIT = False
+        try:
+            _check(*CASES["conv2d"])
+        finally:
+            conv_k.IMPLICIT = True
         for a_t in (False, True):
             for b_t in (False, True):
                 test_gemm_layouts_and_split_k(a_t, b_t)

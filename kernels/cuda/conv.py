@@ -30,6 +30,7 @@ device).
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from types import SimpleNamespace
 
@@ -41,6 +42,8 @@ from . import matmul as mm
 from . import reduce as red
 
 MAX_DIRECT_TAPS = 64  # the direct weight gradient keeps one accumulator per tap in registers
+# NUMBACONV_CUDA_CONV=im2col: materialise the column matrix instead of reading it implicitly
+IMPLICIT = os.environ.get("NUMBACONV_CUDA_CONV", "implicit").strip().lower() != "im2col"
 
 
 @cache
@@ -261,12 +264,26 @@ def conv2d_forward(ctx, x, w, b, stride, padding, dilation, groups):
                     i64(dw), y))
         return y
     og, kk, L = n_out // groups, cg * kh * kw, oh * ow
-    cols = _im2col(ctx, x, kh, kw, stride, padding, dilation, oh, ow)
     ncols = n_img * L
+    nchw = (y.reshape(y.size), L, n_out, b)
+    if IMPLICIT:
+        mm.gemm(ctx, w.reshape(n_out * kk), (og * kk, kk, 1), x.reshape(x.size), None, og,
+                ncols, kk, groups, None, x.dtype, nchw=nchw,
+                implicit=_implicit(ctx, mm.IM2COL, x.shape, groups, kh, kw, stride, padding,
+                                   dilation, oh, ow))
+        return y
+    cols = _im2col(ctx, x, kh, kw, stride, padding, dilation, oh, ow)
     mm.gemm(ctx, w.reshape(n_out * kk), (og * kk, kk, 1), cols.reshape(cols.size),
-         (kk * ncols, ncols, 1), og, ncols, kk, groups, None, x.dtype,
-         nchw=(y.reshape(y.size), L, n_out, b))
+            (kk * ncols, ncols, 1), og, ncols, kk, groups, None, x.dtype, nchw=nchw)
     return y
+
+
+def _implicit(ctx, mode, x_shape, groups, kh, kw, stride, padding, dilation, oh, ow):
+    """(mode, geometry, device tap table) for the implicit GEMM; the table is uploaded once
+    per layer geometry and kept by the backend."""
+    geom, table = mm.conv_geometry(x_shape, groups, kh, kw, stride, padding, dilation, oh, ow)
+    tab = ctx.constant(("conv taps", table.tobytes()), table)
+    return mode, geom, tab
 
 
 def conv2d_backward(ctx, gy, x, w, stride, padding, dilation, groups, needs, x_shape):
@@ -308,11 +325,17 @@ def conv2d_backward(ctx, gy, x, w, stride, padding, dilation, groups, needs, x_s
     rows_flat = rows.reshape(rows.size)
     w_flat = w.reshape(w.size)
     if need_w:
-        cols = _im2col(ctx, x, kh, kw, stride, padding, dilation, oh, ow)
         gw = ctx.empty((groups, og, kk), dt)
-        # dW_g = dY_g @ cols_g^T: cols read transposed through its strides
-        mm.gemm(ctx, rows_flat, (og * ncols, ncols, 1), cols.reshape(cols.size),
-             (kk * ncols, 1, ncols), og, kk, ncols, groups, gw, dt)
+        # dW_g = dY_g @ cols_g^T: the columns read transposed, from the image or from cols
+        if IMPLICIT:
+            mm.gemm(ctx, rows_flat, (og * ncols, ncols, 1), x.reshape(x.size), None, og, kk,
+                    ncols, groups, gw, dt,
+                    implicit=_implicit(ctx, mm.IM2COL_T, x.shape, groups, kh, kw, stride,
+                                       padding, dilation, oh, ow))
+        else:
+            cols = _im2col(ctx, x, kh, kw, stride, padding, dilation, oh, ow)
+            mm.gemm(ctx, rows_flat, (og * ncols, ncols, 1), cols.reshape(cols.size),
+                    (kk * ncols, 1, ncols), og, kk, ncols, groups, gw, dt)
         gw = gw.reshape(w.shape)
     if need_x:
         dcols = ctx.empty((c_in * kh * kw, ncols), dt)

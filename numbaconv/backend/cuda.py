@@ -153,6 +153,7 @@ class CUDABackend:
         else:
             self.blocks_wanted = 8 * cuda.get_current_device().MULTIPROCESSOR_COUNT
         self._dummies: dict = {}
+        self._constants: dict = {}
         self._target_error = None     # device int64[2]: (flag, the first bad label seen)
         self._targets_unchecked = False
         if os.environ.get("NUMBACONV_CUDA_PROFILE", "").strip() not in ("", "0"):
@@ -184,6 +185,13 @@ class CUDABackend:
         d = self._dummies.get(dtype)
         if d is None:
             d = self._dummies[dtype] = cuda.to_device(np.zeros(1, dtype))
+        return d
+
+    def constant(self, key, host_array):
+        """A device copy of a small host array, made once per ``key`` (tap tables)."""
+        d = self._constants.get(key)
+        if d is None:
+            d = self._constants[key] = cuda.to_device(np.ascontiguousarray(host_array))
         return d
 
     def empty(self, shape, dtype):
