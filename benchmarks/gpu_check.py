@@ -144,8 +144,10 @@ def op_table():
         import torch.nn.functional as TF
 
         _set_tf32(torch, False)
+    import numbaconv.cuda as ncuda
+
     print(f"\n{'op (forward+backward)':28s} {'numbaconv ms':>12s} {'torch ms':>9s} "
-          f"{'ratio':>6s} {'err fwd':>8s} {'err grad':>8s}")
+          f"{'ratio':>6s} {'err fwd':>8s} {'err grad':>8s} {'im2col ms':>9s}")
     worst, ratios = 0.0, []
     for name, fn, arrays in op_cases():
         res, g = {}, None
@@ -165,6 +167,11 @@ def op_table():
             fn(F, *ts).backward(gyc)
 
         ms = timed(step, cuda.synchronize, 7, 2) * 1e3
+        im2col_ms = float("nan")
+        if name.startswith(("conv", "ops.py")):  # the same with the column matrix written out
+            ncuda.conv_algorithm("im2col")
+            im2col_ms = timed(step, cuda.synchronize, 7, 2) * 1e3
+            ncuda.conv_algorithm("implicit")
         tms = float("nan")
         if torch is not None:
             tts = [torch.tensor(a, device="cuda", requires_grad=True) for a in arrays]
@@ -182,7 +189,8 @@ def op_table():
                   for a, b in zip(res["cuda"][1], res["cpu"][1]))
         worst = max(worst, fwd, bwd)
         ratios.append(ms / tms)
-        print(f"{name:28s} {ms:12.3f} {tms:9.3f} {ms / tms:6.2f} {fwd:8.1e} {bwd:8.1e}")
+        print(f"{name:28s} {ms:12.3f} {tms:9.3f} {ms / tms:6.2f} {fwd:8.1e} {bwd:8.1e} "
+              f"{im2col_ms:9.3f}")
     if torch is not None:
         _set_tf32(torch, True)
     return worst, ratios

@@ -30,6 +30,14 @@ def is_available() -> bool:
         return False
 
 
+def conv_algorithm(name: str | None = None) -> str:
+    """How GEMM convolutions get their column matrix: ``"implicit"`` (the default: the GEMM
+    reads it from the image as it loads) or ``"im2col"`` (written out first, then read; the
+    environment variable ``NUMBACONV_CUDA_CONV=im2col`` starts with it). Returns the current
+    one, after setting it when ``name`` is given."""
+    return _backend().conv_algorithm(name)
+
+
 def synchronize() -> None:
     """Wait for the GPU; raises a device-side error (a bad class label) found meanwhile."""
     _backend().synchronize()

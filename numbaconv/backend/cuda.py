@@ -187,6 +187,15 @@ class CUDABackend:
             d = self._dummies[dtype] = cuda.to_device(np.zeros(1, dtype))
         return d
 
+    def conv_algorithm(self, name=None):
+        """The GEMM convolutions' column matrix: "implicit" (read from the image by the GEMM's
+        loads, the default) or "im2col" (written out first); sets it when ``name`` is given."""
+        if name is not None:
+            if name not in ("implicit", "im2col"):
+                raise ValueError(f"conv_algorithm({name!r}): expected 'implicit' or 'im2col'")
+            conv_k.IMPLICIT = name == "implicit"
+        return "implicit" if conv_k.IMPLICIT else "im2col"
+
     def constant(self, key, host_array):
         """A device copy of a small host array, made once per ``key`` (tap tables)."""
         d = self._constants.get(key)
