@@ -26,7 +26,9 @@ int8 = np.dtype(np.int8)
 uint8 = np.dtype(np.uint8)
 bool_ = np.dtype(np.bool_)
 
-_SUPPORTED_DTYPES = (float32, float64, float16, int64, int32, int16, int8, uint8, bool_)
+# float16 is named (as in PyTorch) but refused: no kernel of either backend computes in it, and
+# a tensor that could be made but not used would fail deep inside Numba on its first op
+_SUPPORTED_DTYPES = (float32, float64, int64, int32, int16, int8, uint8, bool_)
 _DEFAULT_FLOAT = float32
 
 
@@ -47,6 +49,13 @@ def _as_dtype(dtype, argname: str = "dtype") -> np.dtype:
             f"{', '.join(str(d) for d in _SUPPORTED_DTYPES)}"
         )
     return dt
+
+
+def _check_supported(dt, what: str) -> None:
+    if dt not in _SUPPORTED_DTYPES:
+        raise TypeError(f"{what} has dtype {dt}, which numbaconv does not compute in; convert "
+                        f"it (e.g. .astype(numpy.float32)) to one of "
+                        f"{', '.join(str(d) for d in _SUPPORTED_DTYPES)}")
 
 
 def is_floating(dtype) -> bool:
@@ -281,7 +290,10 @@ def _infer_dtype(arr: np.ndarray, source) -> np.dtype:
         return arr.dtype if isinstance(source, np.ndarray | np.generic) else int64
     if kind == "f":
         # NumPy arrays keep their float dtype (as torch.tensor does); Python floats are float32
-        return arr.dtype if isinstance(source, np.ndarray | np.generic) else _DEFAULT_FLOAT
+        if isinstance(source, np.ndarray | np.generic):
+            _check_supported(arr.dtype, "data")
+            return arr.dtype
+        return _DEFAULT_FLOAT
     raise TypeError(
         f"data must be numeric (bool, int or float), got values of dtype {arr.dtype} "
         f"({type(source).__name__})"

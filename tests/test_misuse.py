@@ -130,3 +130,16 @@ def test_interpolate_rejects_other_ranks():
         F.interpolate(nc.ones(2, 3), scale_factor=2)
     with pytest.raises(ValueError, match="one value"):
         F.interpolate(nc.ones(1, 2, 3), size=(2, 2))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nc.tensor(np.ones(3, np.float16)),
+    lambda: nc.zeros(3, dtype=nc.float16),
+    lambda: nc.ones(2).to(dtype=nc.float16),
+    lambda: nc.tensor([1.0], dtype="float16"),
+])
+def test_float16_is_refused_at_creation_with_the_supported_dtypes(make):
+    """No kernel computes in float16: refused where the tensor would be made, in one line
+    that names what is supported, not in a Numba traceback at its first op."""
+    with pytest.raises(TypeError, match="float16.*float32, float64"):
+        make()
