@@ -12,10 +12,13 @@ had never stopped.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +53,9 @@ def _atomic_write(path, write) -> None:
     over ``path``: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -61,6 +66,22 @@ def _atomic_write(path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temporary files of earlier writes of ``path`` whose process is gone (killed
+    mid-write): their names carry the writer's process id."""
+    prefix = f".{path.name}."
+    for entry in path.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid = entry.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+        except (PermissionError, OSError):
+            pass  # alive (someone else's) or unknowable: leave it
 
 
 def _atomic_write_text(path, text: str) -> None:
@@ -258,17 +279,68 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = -1
     _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def _read_checkpoint(path):
+    """(meta, model arrays, optimizer arrays) of a checkpoint file; a ValueError naming the
+    path and the fault for anything that is not a whole, valid one."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):
+            raise ValueError("it holds one bare array, not a checkpoint's entries")
+        with loaded as z:
+            if "meta" not in z.files:
+                raise ValueError("not a numbaconv checkpoint (no meta entry)")
+            meta = json.loads(z["meta"].tobytes().decode())
+            model_state = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+            optim_arrays = {k: z[k] for k in z.files if k.startswith("optim/")}
+    except FileNotFoundError:
+        raise
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: not a whole checkpoint (truncated or corrupt .npz: {e})"
+                         ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: the checkpoint's metadata is not valid JSON ({e})") from None
+    except (ValueError, OSError, EOFError, KeyError, zlib.error) as e:
+        # np.load's ValueError for a text (or pickled) file says "allow_pickle": not the
+        # user's concern, so the message says what the file is not
+        msg = str(e) if "allow_pickle" not in str(e) else "it is not an .npz archive"
+        raise ValueError(f"{path}: cannot be read as a numbaconv checkpoint ({msg})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "numbaconv-checkpoint-1":
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path}: unknown checkpoint format {found!r}")
+    for key in ("epoch", "rng"):
+        if key not in meta:
+            raise ValueError(f"{path}: the checkpoint's metadata has no {key!r} entry")
+    return meta, model_state, optim_arrays
+
+
 def load_checkpoint(path, model=None, optimizer=None, scheduler=None, loader=None) -> dict:
-    """Read a checkpoint (never unpickling anything) and restore whatever objects are given.
+    """Read a checkpoint (never unpickling anything) and restore whatever objects are given:
+    all of them or, when any part is invalid, none (a ValueError names the path and the fault).
     Returns {"epoch", "history", "meta", "model_state"}."""
-    with np.load(path, allow_pickle=False) as z:
-        if "meta" not in z.files:
-            raise ValueError(f"{path}: not a numbaconv checkpoint (no meta entry)")
-        meta = json.loads(z["meta"].tobytes().decode())
-        model_state = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
-        optim_arrays = {k: z[k] for k in z.files if k.startswith("optim/")}
-    if meta.get("format") != "numbaconv-checkpoint-1":
-        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    meta, model_state, optim_arrays = _read_checkpoint(path)
+    backups = []
+    if model is not None:
+        saved = {k: t.numpy().copy() for k, t in model.state_dict().items()}
+        backups.append(lambda: model.load_state_dict(saved))
+    if optimizer is not None:
+        saved_opt = optimizer.state_dict()
+        backups.append(lambda: optimizer.load_state_dict(saved_opt))
+    if scheduler is not None:
+        saved_sched = scheduler.state_dict()
+        backups.append(lambda: scheduler.load_state_dict(saved_sched))
+    try:
+        return _restore(path, meta, model_state, optim_arrays, model, optimizer, scheduler,
+                        loader)
+    except Exception as e:
+        for restore in backups:
+            restore()
+        if isinstance(e, ValueError | TypeError) and str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: the checkpoint does not fit ({type(e).__name__}: {e}); "
+                         f"nothing was restored") from e
+
+
+def _restore(path, meta, model_state, optim_arrays, model, optimizer, scheduler, loader):
     if model is not None:
         model.load_state_dict(model_state)
     if optimizer is not None and "optimizer" in meta:

@@ -143,3 +143,96 @@ def test_float16_is_refused_at_creation_with_the_supported_dtypes(make):
     that names what is supported, not in a Numba traceback at its first op."""
     with pytest.raises(TypeError, match="float16.*float32, float64"):
         make()
+
+
+# ------------------------------------------------------------------ files and faults
+
+
+def test_corrupt_gz_idx_names_the_path(tmp_path):
+    import gzip
+
+    from numbaconv.data import idx
+
+    good = tmp_path / "x.gz"
+    idx.write_idx(good, np.arange(600, dtype=np.uint8).reshape(6, 10, 10))
+    data = bytearray(good.read_bytes())
+    data[30:40] = b"\xff" * 10  # inside the deflate stream
+    bad = tmp_path / "bad-idx.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad-idx.gz"):
+        idx.read_idx(bad)
+    trunc = tmp_path / "trunc-idx.gz"
+    trunc.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")[:-6])
+    with pytest.raises(ValueError, match="trunc-idx.gz"):
+        idx.read_idx(trunc)
+
+
+def _model_and_opt():
+    nc.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(nc.ones(2, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_bad_checkpoints_are_value_errors_naming_the_path(tmp_path):
+    from numbaconv import train
+
+    model, opt = _model_and_opt()
+    ck = tmp_path / "ck.npz"
+    train.save_checkpoint(ck, model, opt, epoch=0)
+    whole = ck.read_bytes()
+    cases = {"truncated.npz": whole[: len(whole) // 2], "text.npz": b"hello, not a checkpoint\n",
+             "empty.npz": b""}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    np.savez(tmp_path / "badmeta.npz", meta=np.frombuffer(b"{not json", np.uint8))
+    np.savez(tmp_path / "nometa.npz", x=np.zeros(2))
+    np.save(tmp_path / "bare.npy", np.zeros(3))
+    for name in list(cases) + ["badmeta.npz", "nometa.npz", "bare.npy"]:
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            train.load_checkpoint(tmp_path / name, model, opt)
+
+
+def test_checkpoint_restores_all_or_nothing(tmp_path):
+    from numbaconv import train
+
+    model, opt = _model_and_opt()
+    ck = tmp_path / "ck.npz"
+    train.save_checkpoint(ck, model, opt, epoch=3)
+    other, other_opt = _model_and_opt()
+    with nc.no_grad():
+        for p in other.parameters():
+            p.mul_(3)
+    before = {k: v.numpy().copy() for k, v in other.state_dict().items()}
+    # an optimizer with a different parameter layout: its part of the checkpoint cannot fit
+    wrong_opt = optim.SGD([other[0].weight, other[0].bias], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="ck.npz"):
+        train.load_checkpoint(ck, other, wrong_opt)
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
+    state = train.load_checkpoint(ck, other, other_opt)  # the matching one restores all
+    assert state["epoch"] == 3
+    for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=k)
+
+
+def test_orphaned_temporary_files_are_removed_by_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    from numbaconv import train
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f".ck.npz.{dead}.abc123.tmp"
+    orphan.write_bytes(b"x" * 100)
+    mine = tmp_path / f".ck.npz.{__import__('os').getppid()}.live.tmp"  # a live process's
+    mine.write_bytes(b"y")
+    unrelated = tmp_path / ".other.npz.1.x.tmp"
+    unrelated.write_bytes(b"z")
+    model, opt = _model_and_opt()
+    train.save_checkpoint(tmp_path / "ck.npz", model, opt, epoch=0)
+    assert not orphan.exists() and mine.exists() and unrelated.exists()
+    assert (tmp_path / "ck.npz").exists()

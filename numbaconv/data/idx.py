@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def read_idx(path) -> np.ndarray:
     try:
         with _open(path) as f:
             raw = f.read()
-    except (OSError, EOFError) as e:  # gzip raises these on truncated or corrupt streams
+    except (OSError, EOFError, zlib.error) as e:  # gzip's errors on truncated or corrupt data
         raise ValueError(f"{path}: cannot be read as an IDX file ({e})") from None
     if len(raw) < 4:
         raise ValueError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
