@@ -236,3 +236,56 @@ def test_orphaned_temporary_files_are_removed_by_the_next_save(tmp_path):
     train.save_checkpoint(tmp_path / "ck.npz", model, opt, epoch=0)
     assert not orphan.exists() and mine.exists() and unrelated.exists()
     assert (tmp_path / "ck.npz").exists()
+
+
+# ------------------------------------------------------------------ empty batches
+
+EMPTY_CASES = {
+    "conv2d": lambda x: nn.Conv2d(3, 4, 3, padding=1)(x),
+    "conv_transpose2d": lambda x: nn.ConvTranspose2d(3, 2, 3, stride=2)(x),
+    "batch_norm train": lambda x: nn.BatchNorm2d(3)(x),
+    "batch_norm eval": lambda x: nn.BatchNorm2d(3).eval()(x),
+    "local_response_norm": lambda x: F.local_response_norm(x, 3),
+    "max_pool2d": lambda x: F.max_pool2d(x, 2),
+    "avg_pool2d": lambda x: F.avg_pool2d(x, 3, 2, 1),
+    "adaptive pools": lambda x: F.adaptive_avg_pool2d(x, 2) + F.adaptive_max_pool2d(x, 2),
+    "dropout": lambda x: F.dropout(x, 0.3),
+    "interpolate": lambda x: F.interpolate(x, scale_factor=2),
+    "relu flatten linear": lambda x: nn.Linear(3 * 64, 5)(F.relu(x).flatten(1)),
+    "softmax": lambda x: F.log_softmax(x, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_CASES))
+def test_layers_accept_an_empty_batch(name):
+    """N = 0 as PyTorch: an empty output, and backward gives empty or zero gradients."""
+    nc.manual_seed(0)
+    x = nc.randn(0, 3, 8, 8, requires_grad=True)
+    y = EMPTY_CASES[name](x)
+    assert y.shape[0] == 0
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("loss", [
+    lambda a: F.cross_entropy(a, nc.tensor(np.zeros(0, np.int64))),
+    lambda a: F.mse_loss(a, nc.zeros(0, 4)),
+    lambda a: a.mean(),
+])
+def test_losses_over_an_empty_batch_are_nan_with_zero_gradients(loss):
+    a = nc.randn(0, 4, requires_grad=True)
+    value = loss(a)
+    assert np.isnan(value.item())  # a mean over nothing, as PyTorch's
+    value.backward()
+    assert a.grad.shape == (0, 4)
+
+
+def test_batch_norm_keeps_its_running_statistics_on_an_empty_batch():
+    bn = nn.BatchNorm2d(3)
+    bn(nc.randn(4, 3, 2, 2))
+    before = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+    out = bn(nc.randn(0, 3, 2, 2, requires_grad=True))
+    out.sum().backward()
+    np.testing.assert_array_equal(bn.running_mean.numpy(), before[0])
+    np.testing.assert_array_equal(bn.running_var.numpy(), before[1])
+    np.testing.assert_array_equal(bn.weight.grad.numpy(), np.zeros(3, np.float32))

@@ -184,6 +184,9 @@ class CPUBackend:
         if op == "sum":
             return np.sum(a, axis=axes, keepdims=keepdims)
         if op == "mean":
+            if any(a.shape[d] == 0 for d in axes) or (not axes and a.size == 0):
+                # a mean over nothing is NaN (PyTorch's answer), without NumPy's warning
+                return np.full(np.sum(a, axis=axes, keepdims=keepdims).shape, np.nan, a.dtype)
             return np.mean(a, axis=axes, keepdims=keepdims)
         if op == "max":
             return np.max(a, axis=axes, keepdims=keepdims)
@@ -443,7 +446,7 @@ class CPUBackend:
     # ------------------------------------------------------------ local response norm
     def local_response_norm(self, x, size, alpha, beta, k):
         shape = x.shape
-        x3 = np.ascontiguousarray(x).reshape(shape[0], shape[1], -1)
+        x3 = np.ascontiguousarray(x).reshape(shape[0], shape[1], int(np.prod(shape[2:])))
         y = np.empty(x3.shape, dtype=x.dtype)
         scale = np.empty(x3.shape, dtype=x.dtype)
         t = x.dtype.type
@@ -452,7 +455,8 @@ class CPUBackend:
 
     def local_response_norm_backward(self, gy, x, y, scale, size, alpha, beta, k):
         shape = x.shape
-        as3 = lambda a: np.ascontiguousarray(a).reshape(shape[0], shape[1], -1)  # noqa: E731
+        as3 = lambda a: np.ascontiguousarray(a).reshape(  # noqa: E731
+            shape[0], shape[1], int(np.prod(shape[2:])))
         gx = np.empty(as3(x).shape, dtype=x.dtype)
         work = np.empty_like(gx)
         t = x.dtype.type

@@ -840,7 +840,7 @@ class CUDABackend:
 
     def local_response_norm(self, x, size, alpha, beta, k):
         shape = tuple(x.shape)
-        x3 = x.reshape((shape[0], shape[1], x.size // (shape[0] * shape[1])))
+        x3 = x.reshape((shape[0], shape[1], int(np.prod(shape[2:]))))
         y = self._empty(x3.shape, x.dtype)
         scale = self._empty(x3.shape, x.dtype)
         t = x.dtype.type
@@ -850,7 +850,7 @@ class CUDABackend:
 
     def local_response_norm_backward(self, gy, x, y, scale, size, alpha, beta, k):
         shape = tuple(x.shape)
-        s3 = (shape[0], shape[1], x.size // (shape[0] * shape[1]))
+        s3 = (shape[0], shape[1], int(np.prod(shape[2:])))
         gx = self._empty(s3, x.dtype)
         t = x.dtype.type
         self._run("norm.lrn_backward", x.dtype, gx.size, gy.reshape(s3), x.reshape(s3),
@@ -873,6 +873,10 @@ class CUDABackend:
         return y
 
     def batch_norm_backward(self, g3, x3, mean, invstd, weight, training, relu_out=None):
+        if x3.size == 0:
+            c = x3.shape[1]
+            return self.empty(x3.shape, x3.dtype), self.zeros((c,), x3.dtype), \
+                self.zeros((c,), x3.dtype)
         return norm_k.batch_norm_backward(self, g3, x3, mean, invstd, weight, training,
                                           relu_out)
 

@@ -97,7 +97,7 @@ class BatchNorm(Function):
     def forward(self, x, w, b, *, mean, invstd, training, relu):
         be = self.backend
         shape = x.shape
-        x3 = be.reshape(x, (shape[0], shape[1], -1))
+        x3 = be.reshape(x, (shape[0], shape[1], int(np.prod(shape[2:]))))
         self.save(x3, w)
         self.stats = (mean, invstd, training, shape)
         y = be.batch_norm(x3, mean, invstd, w, b, relu=relu)
@@ -138,11 +138,13 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if not isinstance(eps, numbers.Real) or eps <= 0:
         raise ValueError(f"batch_norm(): eps={eps!r} must be positive")
     be = input.backend
-    x3 = be.reshape(input.data, (input.shape[0], n_ch, -1))
+    x3 = be.reshape(input.data, (input.shape[0], n_ch, int(np.prod(input.shape[2:]))))
     count = x3.shape[0] * x3.shape[2]
     use_batch = training or running_mean is None
     dt = input.dtype
-    if use_batch:
+    if count == 0:  # an empty batch: an empty output, no statistics (as PyTorch)
+        mean, invstd = be.zeros((n_ch,), dt), be.full((n_ch,), 1, dt)
+    elif use_batch:
         if count <= 1:
             raise ValueError(f"batch_norm(): expected more than one value per channel in "
                              f"training, got input of shape {input.shape}")

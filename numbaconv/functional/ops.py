@@ -115,10 +115,7 @@ def sum(x, dim=None, keepdim: bool = False) -> Tensor:
 
 def mean(x, dim=None, keepdim: bool = False) -> Tensor:
     _check_float(x, "mean")
-    axes = M.norm_dims(dim, x.ndim)
-    for a in axes:
-        if x.shape[a] == 0:
-            raise ValueError(f"mean(): dim {a} of shape {x.shape} is empty")
+    axes = M.norm_dims(dim, x.ndim)  # a mean over an empty dim is NaN, as in PyTorch
     return M.Mean.apply(x, axes=axes, keepdims=bool(keepdim))
 
 
