@@ -12,25 +12,29 @@ from numbaconv import data
 
 
 def parser(description: str, epochs: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--dataset", choices=["fashion-mnist", "mnist"], default="fashion-mnist")
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--dataset", choices=["fashion-mnist", "mnist"], default="fashion-mnist",
+                    help="which IDX dataset to train on")
     ap.add_argument("--data-dir", default=None,
                     help="folder with the IDX files (default: the user cache, then the "
                          "system location of Debian's dataset-fashion-mnist)")
     ap.add_argument("--download", action="store_true", help="download missing files")
-    ap.add_argument("--epochs", type=int, default=epochs)
-    ap.add_argument("--batch-size", type=int, default=batch_size)
-    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--epochs", type=int, default=epochs, help="passes over the training set")
+    ap.add_argument("--batch-size", type=int, default=batch_size, help="images per step")
+    ap.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     ap.add_argument("--backend", choices=list(nc.DEVICES), default=None,
                     help="device (default: NUMBACONV_BACKEND, else cpu)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the weights, the shuffling and the augmentation")
     ap.add_argument("--train-subset", type=int, default=None,
                     help="train on the first N images only (quick runs)")
     ap.add_argument("--checkpoint-dir", default=None, help="write a checkpoint every epoch")
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     ap.add_argument("--plot", default=None,
                     help="save loss/accuracy curves here (needs matplotlib)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bars, one line per epoch")
     return ap
 
 

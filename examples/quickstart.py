@@ -7,6 +7,8 @@ steps and the final accuracy on fresh images (100.0% on every run: the seed is f
     python examples/quickstart.py
 """
 
+import argparse
+
 import numpy as np
 
 import numbaconv as nc
@@ -22,9 +24,15 @@ def batch(rng, n=64):
     return nc.tensor(noisy), nc.tensor(labels)
 
 
-def main():
-    nc.manual_seed(0)
-    rng = np.random.default_rng(0)
+def main(argv=()):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--steps", type=int, default=100, help="SGD steps of 64 images")
+    ap.add_argument("--lr", type=float, default=0.5, help="learning rate")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
+    args = ap.parse_args(argv)
+    nc.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
     w = (nc.randn(4, 1, 3, 3) * 0.5).requires_grad_()
     v = (nc.randn(4 * 4 * 4, 2) * 0.1).requires_grad_()
 
@@ -32,7 +40,7 @@ def main():
         h = F.max_pool2d(F.conv2d(x, w, padding=1).relu(), 2)
         return h.flatten(1) @ v
 
-    for step in range(100):
+    for step in range(args.steps):
         x, y = batch(rng)
         logp = model(x).log_softmax(1)
         loss = -logp[nc.arange(len(y)), y].mean()
@@ -40,7 +48,7 @@ def main():
         loss.backward()
         with nc.no_grad():
             for p in (w, v):
-                p -= 0.5 * p.grad
+                p -= args.lr * p.grad
         if step % 20 == 0:
             print(f"step {step:3d}  loss {loss.item():.4f}")
     x, y = batch(rng, 1000)
@@ -51,4 +59,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(None)  # the command line
