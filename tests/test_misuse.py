@@ -289,3 +289,38 @@ def test_batch_norm_keeps_its_running_statistics_on_an_empty_batch():
     np.testing.assert_array_equal(bn.running_mean.numpy(), before[0])
     np.testing.assert_array_equal(bn.running_var.numpy(), before[1])
     np.testing.assert_array_equal(bn.weight.grad.numpy(), np.zeros(3, np.float32))
+
+
+# ------------------------------------------------------------------ PyTorch's signatures
+
+
+def test_duplicate_parameters_warn_and_are_stepped_once():
+    w = nc.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.warns(UserWarning, match="same parameter more than once"):
+        opt = optim.SGD([w, w], lr=0.5)
+    (w * w).sum().backward()
+    opt.step()
+    np.testing.assert_allclose(w.numpy(), [1.0 - 0.5 * 2, 2.0 - 0.5 * 4])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_unbatched_losses(reduction, smoothing):
+    """(C,) logits with a 0-d target, as PyTorch: the loss of one sample."""
+    x = np.random.default_rng(2).standard_normal(5)
+    a = nc.tensor(x, requires_grad=True)
+    loss = F.cross_entropy(a, nc.tensor(3), reduction=reduction, label_smoothing=smoothing)
+    assert loss.shape == ()
+    loss.backward()
+    logp = x - np.log(np.exp(x).sum())
+    ref = -(1 - smoothing) * logp[3] - smoothing * logp.mean()
+    np.testing.assert_allclose(loss.item(), ref, rtol=1e-12)
+    p = np.exp(logp)
+    onehot = np.eye(5)[3]
+    np.testing.assert_allclose(a.grad.numpy(), p - (1 - smoothing) * onehot - smoothing / 5,
+                               rtol=1e-10, atol=1e-14)
+    b = nc.tensor(logp, requires_grad=True)
+    nll = F.nll_loss(b, nc.tensor(1), reduction=reduction)
+    assert nll.shape == () and nll.item() == pytest.approx(-logp[1])
+    with pytest.raises(ValueError, match="0-d class index"):
+        F.cross_entropy(a, nc.tensor([3]))

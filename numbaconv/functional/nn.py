@@ -200,6 +200,18 @@ class NLL(Function):
         return (be.nll_backward(be.ascontiguous(rows), self.target, self.w, self.n_classes),)
 
 
+def _unbatched(input, target, fn) -> bool:
+    """One sample: logits (C,) and a 0-d class index (or (C,) probabilities)."""
+    if not isinstance(input, Tensor) or input.ndim != 1:
+        return False
+    if isinstance(target, Tensor) and (target.ndim == 0 or (
+            target.dtype.kind == "f" and target.shape == input.shape)):
+        return True
+    raise ValueError(f"{fn}(): an unbatched input of shape {input.shape} needs a 0-d class "
+                     f"index target, got shape "
+                     f"{getattr(target, 'shape', type(target).__name__)}")
+
+
 def _class_last(input: Tensor, target: Tensor, fn: str):
     """(N, C, d1, ...) input and (N, d1, ...) target -> (M, C) and (M,)."""
     if input.ndim < 2:
@@ -231,9 +243,16 @@ def _check_target(target, n_classes, ignore_index, fn):
 
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
              ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """Negative log-likelihood of log-probabilities ``input`` at class indices ``target``."""
+    """Negative log-likelihood of log-probabilities ``input`` at class indices ``target``:
+    (N, C) with (N,), (N, C, d1, ...) with (N, d1, ...), or one unbatched sample (C,) with a
+    0-d target, as PyTorch."""
     _check_float(input, "nll_loss")
     _check_reduction(reduction, "nll_loss")
+    unbatched = _unbatched(input, target, "nll_loss")
+    if unbatched:
+        loss = nll_loss(ops.reshape(input, 1, -1), ops.reshape(target, 1), weight,
+                        ignore_index, reduction)
+        return ops.reshape(loss, ()) if reduction == "none" else loss
     _check_target(target, input.shape[1] if input.ndim > 1 else 0, ignore_index, "nll_loss")
     out_shape = target.shape
     logp, tgt = _class_last(input, target, "nll_loss")
@@ -263,6 +282,11 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
             not 0 <= label_smoothing <= 1:
         raise ValueError(f"cross_entropy(): label_smoothing={label_smoothing!r} must be in "
                          f"[0, 1]")
+    if _unbatched(input, target, "cross_entropy"):
+        loss = cross_entropy(ops.reshape(input, 1, -1),
+                             ops.reshape(target, (1,) + tuple(target.shape)), weight,
+                             ignore_index, reduction, label_smoothing)
+        return ops.reshape(loss, ()) if reduction == "none" else loss
     if input.ndim < 2:
         raise ValueError(f"cross_entropy(): input must be (N, C) or (N, C, d1, ...), got "
                          f"{input.shape}")

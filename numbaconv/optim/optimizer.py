@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 from ..autograd import mark_written, no_grad
 from ..tensor import Tensor
@@ -37,6 +38,13 @@ class Optimizer:
                 raise TypeError(f"optimizer params must be Tensors, got {type(p).__name__}")
             if not p.requires_grad:
                 raise ValueError("optimizer got a parameter that does not require grad")
+        unique = list({id(p): p for p in group["params"]}.values())
+        if len(unique) != len(group["params"]):
+            warnings.warn(f"{type(self).__name__}: a parameter group lists the same parameter "
+                          f"more than once ({len(group['params'])} entries, {len(unique)} "
+                          f"parameters); each is kept once, so that a step updates it once",
+                          UserWarning, stacklevel=3)
+            group["params"] = unique
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in group["params"]):
             raise ValueError("a parameter appears in more than one parameter group")
