@@ -324,3 +324,18 @@ def test_unbatched_losses(reduction, smoothing):
     assert nll.shape == () and nll.item() == pytest.approx(-logp[1])
     with pytest.raises(ValueError, match="0-d class index"):
         F.cross_entropy(a, nc.tensor([3]))
+
+
+def test_layers_take_pytorchs_argument_names_and_loss_weights_are_buffers():
+    lin = nn.Linear(3, 2)
+    assert lin(input=nc.ones(1, 3)).shape == (1, 2)
+    assert nn.Conv2d(1, 1, 3)(input=nc.ones(1, 1, 4, 4)).shape == (1, 1, 2, 2)
+    for loss in (nn.CrossEntropyLoss(weight=nc.tensor([1.0, 2.0, 3.0])),
+                 nn.NLLLoss(weight=nc.tensor([1.0, 2.0, 3.0]))):
+        assert list(loss.state_dict()) == ["weight"]
+        np.testing.assert_array_equal(loss.state_dict()["weight"].numpy(), [1, 2, 3])
+    assert list(nn.CrossEntropyLoss().state_dict()) == []
+    ce = nn.CrossEntropyLoss(weight=nc.tensor([1.0, 0.0]))
+    x = nc.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
+    value = ce(x, nc.tensor([1, 0])).item()  # only the first class counts
+    assert value == pytest.approx(np.log(1 + np.exp(-2.0)))

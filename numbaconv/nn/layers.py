@@ -108,13 +108,13 @@ class Conv2d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, padding_mode=padding_mode, dtype=dtype, device=device)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:
         if self.padding_mode != "zeros" and not isinstance(self.padding, str):
             ph, pw = self.padding
-            x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
-            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation,
+            input = F.pad(input, (pw, pw, ph, ph), mode=self.padding_mode)
+            return F.conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation,
                             self.groups)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                         self.groups)
 
 
@@ -132,8 +132,8 @@ class ConvTranspose2d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, output_padding, padding_mode, dtype, device)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+    def forward(self, input: Tensor) -> Tensor:
+        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
                                   self.output_padding, self.groups, self.dilation)
 
 
@@ -157,8 +157,8 @@ class Linear(Module):
             bound = 1 / math.sqrt(self.in_features)
             init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -180,8 +180,8 @@ class MaxPool2d(Module):
                                  f"kernel_size={kernel_size}")
         self.return_indices, self.ceil_mode = bool(return_indices), bool(ceil_mode)
 
-    def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+    def forward(self, input):
+        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             self.ceil_mode, self.return_indices)
 
     def extra_repr(self):
@@ -200,8 +200,8 @@ class AvgPool2d(Module):
         self.ceil_mode, self.count_include_pad = bool(ceil_mode), bool(count_include_pad)
         self.divisor_override = divisor_override
 
-    def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+    def forward(self, input):
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, self.divisor_override)
 
     def extra_repr(self):
@@ -213,16 +213,16 @@ class AdaptiveAvgPool2d(Module):
         super().__init__()
         self.output_size = output_size
 
-    def forward(self, x):
-        return F.adaptive_avg_pool2d(x, self.output_size)
+    def forward(self, input):
+        return F.adaptive_avg_pool2d(input, self.output_size)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
 
 
 class AdaptiveMaxPool2d(AdaptiveAvgPool2d):
-    def forward(self, x):
-        return F.adaptive_max_pool2d(x, self.output_size)
+    def forward(self, input):
+        return F.adaptive_max_pool2d(input, self.output_size)
 
 
 class LocalResponseNorm(Module):
@@ -233,8 +233,8 @@ class LocalResponseNorm(Module):
         self.size = _positive_int(size, "size", "LocalResponseNorm")
         self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
 
-    def forward(self, x):
-        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+    def forward(self, input):
+        return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self):
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
@@ -269,13 +269,13 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
-    def forward(self, x: Tensor, _relu: bool = False) -> Tensor:
+    def forward(self, input: Tensor, _relu: bool = False) -> Tensor:
         name = type(self).__name__
-        if x.ndim not in self.expected_dims:
+        if input.ndim not in self.expected_dims:
             dims = " or ".join(f"{d}-D" for d in self.expected_dims)
-            raise ValueError(f"{name}: expected {dims} input, got shape {x.shape}")
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"{name}: input has {x.shape[1]} channels, expected "
+            raise ValueError(f"{name}: expected {dims} input, got shape {input.shape}")
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"{name}: input has {input.shape[1]} channels, expected "
                              f"num_features={self.num_features}")
         momentum = self.momentum
         if self.training and self.track_running_stats:
@@ -284,7 +284,7 @@ class _BatchNorm(Module):
                 momentum = 1.0 / int(self.num_batches_tracked.item())
         # batch statistics in training, or whenever there are no running ones (PyTorch's rule)
         use_batch = self.training or not self.track_running_stats
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+        return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
                             use_batch, momentum or 0.0, self.eps, _relu=_relu)
 
     def extra_repr(self):
@@ -314,8 +314,8 @@ class Dropout(Module):
             raise ValueError(f"Dropout(): p={p!r} must be a probability in [0, 1]")
         self.p = float(p)
 
-    def forward(self, x):
-        return F.dropout(x, self.p, self.training)
+    def forward(self, input):
+        return F.dropout(input, self.p, self.training)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -325,18 +325,18 @@ class ReLU(Module):
     def __init__(self, inplace: bool = False):  # inplace accepted for PyTorch compatibility
         super().__init__()
 
-    def forward(self, x):
-        return F.relu(x)
+    def forward(self, input):
+        return F.relu(input)
 
 
 class Tanh(Module):
-    def forward(self, x):
-        return F.tanh(x)
+    def forward(self, input):
+        return F.tanh(input)
 
 
 class Sigmoid(Module):
-    def forward(self, x):
-        return F.sigmoid(x)
+    def forward(self, input):
+        return F.sigmoid(input)
 
 
 class Softmax(Module):
@@ -344,13 +344,13 @@ class Softmax(Module):
         super().__init__()
         self.dim = dim
 
-    def forward(self, x):
-        return F.softmax(x, self.dim)
+    def forward(self, input):
+        return F.softmax(input, self.dim)
 
 
 class LogSoftmax(Softmax):
-    def forward(self, x):
-        return F.log_softmax(x, self.dim)
+    def forward(self, input):
+        return F.log_softmax(input, self.dim)
 
 
 class Flatten(Module):
@@ -358,8 +358,8 @@ class Flatten(Module):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
-    def forward(self, x):
-        return F.flatten(x, self.start_dim, self.end_dim)
+    def forward(self, input):
+        return F.flatten(input, self.start_dim, self.end_dim)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -369,8 +369,8 @@ class Identity(Module):
     def __init__(self, *args, **kwargs):
         super().__init__()
 
-    def forward(self, x):
-        return x
+    def forward(self, input):
+        return input
 
 
 class Upsample(Module):
@@ -378,8 +378,8 @@ class Upsample(Module):
         super().__init__()
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
 
-    def forward(self, x):
-        return F.interpolate(x, self.size, self.scale_factor, self.mode)
+    def forward(self, input):
+        return F.interpolate(input, self.size, self.scale_factor, self.mode)
 
 
 # ------------------------------------------------------------------ losses
@@ -392,8 +392,8 @@ class _Loss(Module):
 class CrossEntropyLoss(_Loss):
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         super().__init__(reduction)
-        self.weight, self.ignore_index, self.label_smoothing = weight, ignore_index, \
-            label_smoothing
+        self.register_buffer("weight", weight)  # in state_dict() and moved by .to(), as PyTorch
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
 
     def forward(self, input, target):
         return F.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
@@ -403,7 +403,8 @@ class CrossEntropyLoss(_Loss):
 class NLLLoss(_Loss):
     def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
         super().__init__(reduction)
-        self.weight, self.ignore_index = weight, ignore_index
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
 
     def forward(self, input, target):
         return F.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
