@@ -339,3 +339,55 @@ def test_layers_take_pytorchs_argument_names_and_loss_weights_are_buffers():
     x = nc.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
     value = ce(x, nc.tensor([1, 0])).item()  # only the first class counts
     assert value == pytest.approx(np.log(1 + np.exp(-2.0)))
+
+
+def test_negative_padding_crops():
+    x = np.random.default_rng(3).standard_normal((1, 2, 5, 6))
+    for pad in [(-1, 2), (1, -2, -1, 0), (-2, -1, 0, 0)]:
+        t = nc.tensor(x, requires_grad=True)
+        y = F.pad(t, pad)
+        index = [slice(None)] * 4
+        padded = x
+        for i in range(len(pad) // 2):
+            d = 3 - i
+            lo, hi = pad[2 * i], pad[2 * i + 1]
+            index[d] = slice(max(-lo, 0), x.shape[d] - max(-hi, 0))
+        cropped = x[tuple(index)]
+        widths = [(0, 0)] * 4
+        for i in range(len(pad) // 2):
+            widths[3 - i] = (max(pad[2 * i], 0), max(pad[2 * i + 1], 0))
+        padded = np.pad(cropped, widths)
+        np.testing.assert_array_equal(y.numpy(), padded)
+        nc.gradcheck(lambda a, pad=pad: F.pad(a, pad), (t,))
+    with pytest.raises(ValueError, match="only mode='constant'"):
+        F.pad(nc.tensor(x), (-1, 1), mode="reflect")
+    with pytest.raises(ValueError, match="crops 7"):
+        F.pad(nc.tensor(x), (-3, -4))
+
+
+@pytest.mark.parametrize("divisor", [-2, 1, 3])
+def test_avg_pool_divisor_override_takes_any_nonzero_int(divisor):
+    from numbaconv.kernels import reference
+
+    x = np.random.default_rng(4).standard_normal((1, 2, 5, 6))
+    y = F.avg_pool2d(nc.tensor(x), 3, 2, 1, divisor_override=divisor)
+    ref = reference.avg_pool2d(x, (3, 3), (2, 2), (1, 1), divisor_override=divisor)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-12)
+    nc.gradcheck(lambda a: F.avg_pool2d(a, 3, 2, 1, divisor_override=divisor),
+                 (nc.tensor(x, requires_grad=True),))
+    with pytest.raises(ValueError, match="nonzero int"):
+        F.avg_pool2d(nc.tensor(x), 2, divisor_override=0)
+
+
+def test_softmax_dtype_and_batchnorm_without_bias():
+    x = nc.tensor([[1.0, 2.0, 3.0]], requires_grad=True)
+    y = F.softmax(x, 1, dtype=nc.float64)
+    assert y.dtype == np.float64
+    y[0, 0].backward()
+    assert x.grad.dtype == np.float32
+    assert F.log_softmax(x, 1, dtype="double").dtype == np.float64
+    with pytest.raises(TypeError, match="floating-point"):
+        F.softmax(x, 1, dtype=nc.int64)
+    bn = nn.BatchNorm2d(3, bias=False)
+    assert [n for n, _ in bn.named_parameters()] == ["weight"]
+    assert "bias" not in bn.state_dict() and bn(nc.randn(2, 3, 2, 2)).shape == (2, 3, 2, 2)

@@ -158,7 +158,8 @@ def max_pool2d_backward(gy, idx, gx):
 @njit(cache=True)
 def _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pad, divisor,
                       dtype_one):
-    """1/divisor of every output window: ``divisor`` if > 0, else the window's size clipped
+    """1/divisor of every output window: ``divisor`` if not 0 (any sign, as PyTorch's
+    divisor_override), else the window's size clipped
     to the padded input (count_include_pad) or to the input itself (0 for an empty window)."""
     inv = np.empty((oh_n, ow_n), dtype=np.asarray(dtype_one).dtype)
     for oh in range(oh_n):
@@ -167,13 +168,13 @@ def _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pa
         for ow in range(ow_n):
             w0 = ow * sw - pw
             w1 = min(w0 + kw, w + pw)
-            if divisor > 0:
+            if divisor != 0:
                 d = divisor
             elif count_include_pad:
                 d = (h1 - h0) * (w1 - w0)
             else:
                 d = (min(h1, h) - max(h0, 0)) * (min(w1, w) - max(w0, 0))
-            inv[oh, ow] = dtype_one / d if d > 0 else dtype_one * 0
+            inv[oh, ow] = dtype_one / d if d != 0 else dtype_one * 0
     return inv
 
 

@@ -77,7 +77,7 @@ def kernels(dtype) -> SimpleNamespace:
 
     @cuda.jit(device=True, inline=True)
     def _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor):
-        if divisor > 0:
+        if divisor != 0:  # divisor_override, any sign
             return divisor
         h0 = oh * sh - ph
         w0 = ow * sw - pw
@@ -100,7 +100,7 @@ def kernels(dtype) -> SimpleNamespace:
                 for iw in range(max(ow * sw - pw, 0), min(ow * sw - pw + kw, w)):
                     acc += x[p, ih, iw]
             d = _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor)
-            y[p, oh, ow] = acc / T(d) if d > 0 else zero
+            y[p, oh, ow] = acc / T(d) if d != 0 else zero
 
     @cuda.jit
     def avg_pool_backward(gy, kh, kw, sh, sw, ph, pw, include_pad, divisor, gx):
@@ -115,7 +115,7 @@ def kernels(dtype) -> SimpleNamespace:
             for oh in range(oh_lo, oh_hi + 1):
                 for ow in range(ow_lo, ow_hi + 1):
                     d = _divisor(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor)
-                    if d > 0:
+                    if d != 0:
                         acc += gy[p, oh, ow] / T(d)
             gx[p, ih, iw] = acc
 

@@ -6,6 +6,7 @@ argument, the value and what was expected) before any kernel runs.
 
 from __future__ import annotations
 
+import builtins
 import numbers
 
 import numpy as np
@@ -382,10 +383,26 @@ def pad(input, pad, mode: str = "constant", value: float = 0.0) -> Tensor:
     _check_tensor(input, "pad")
     if not isinstance(pad, tuple | list) or len(pad) % 2 or not pad:
         raise ValueError(f"pad(): pad must be a sequence of even length, got {pad!r}")
-    if any(isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 0 for p in pad):
-        raise ValueError(f"pad(): pad must hold non-negative ints, got {pad!r}")
+    if any(isinstance(p, bool) or not isinstance(p, numbers.Integral) for p in pad):
+        raise ValueError(f"pad(): pad must hold ints, got {pad!r}")
     if len(pad) // 2 > input.ndim:
         raise ValueError(f"pad(): pad={pad!r} pads {len(pad) // 2} dims of a {input.ndim}-d input")
+    if any(p < 0 for p in pad):  # negative padding crops, as in PyTorch (constant mode)
+        if mode != "constant":
+            raise ValueError(f"pad(): negative padding {pad!r} crops, which only "
+                             f"mode='constant' does; got mode={mode!r}")
+        index = [slice(None)] * input.ndim
+        for i in range(len(pad) // 2):
+            d = input.ndim - 1 - i
+            lo, hi = builtins.max(-int(pad[2 * i]), 0), builtins.max(-int(pad[2 * i + 1]), 0)
+            if lo + hi > input.shape[d]:
+                raise ValueError(f"pad(): pad={pad!r} crops {lo + hi} of the {input.shape[d]} "
+                                 f"elements of dim {d}")
+            index[d] = slice(lo, input.shape[d] - hi)
+        input = input[tuple(index)]
+        pad = tuple(builtins.max(int(p), 0) for p in pad)
+        if not any(pad):
+            return input
     if mode not in _PAD_MODES:
         raise ValueError(f"pad(): mode={mode!r}; expected one of {sorted(_PAD_MODES)}")
     widths = [(0, 0)] * input.ndim
@@ -412,11 +429,26 @@ def _softmax(cls, fn, input, dim):
     return cls.apply(input, axis=axis)
 
 
-def softmax(input, dim: int) -> Tensor:
-    """exp(x) / sum(exp(x)) along ``dim``, shifted by the maximum for stability."""
-    return _softmax(M.Softmax, "softmax", input, dim)
+def _softmax_dtype(input, dtype, fn):
+    if dtype is None:
+        return input
+    _check_tensor(input, fn)
+    from ..tensor import _as_dtype, is_floating
+
+    dt = _as_dtype(dtype)
+    if not is_floating(dt):
+        raise TypeError(f"{fn}(): dtype={dtype!r} must be a floating-point dtype")
+    return input.type(dt)  # cast first, as PyTorch (a differentiable cast)
 
 
-def log_softmax(input, dim: int) -> Tensor:
-    """x - logsumexp(x) along ``dim``; finite for logits of any size."""
-    return _softmax(M.LogSoftmax, "log_softmax", input, dim)
+def softmax(input, dim: int, dtype=None) -> Tensor:
+    """exp(x) / sum(exp(x)) along ``dim``, shifted by the maximum for stability; ``dtype``
+    casts the input first, as PyTorch's."""
+    return _softmax(M.Softmax, "softmax", _softmax_dtype(input, dtype, "softmax"), dim)
+
+
+def log_softmax(input, dim: int, dtype=None) -> Tensor:
+    """x - logsumexp(x) along ``dim``; finite for logits of any size; ``dtype`` casts the
+    input first."""
+    return _softmax(M.LogSoftmax, "log_softmax", _softmax_dtype(input, dtype, "log_softmax"),
+                    dim)

@@ -121,9 +121,9 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     """Mean over each window, as ``torch.nn.functional.avg_pool2d``."""
     if divisor_override is not None and (
             isinstance(divisor_override, bool) or not isinstance(divisor_override, int)
-            or divisor_override < 1):
+            or divisor_override == 0):
         raise ValueError(f"avg_pool2d(): divisor_override={divisor_override!r} must be a "
-                         f"positive int or None")
+                         f"nonzero int or None")
     x, unbatched, kernel, stride, padding, _, out_hw = _pool_args(
         "avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
     y = AvgPool2d.apply(x, kernel=kernel, stride=stride, padding=padding, out_hw=out_hw,

@@ -244,7 +244,7 @@ class _BatchNorm(Module):
     expected_dims: tuple = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None):
+                 track_running_stats=True, device=None, dtype=None, *, bias=True):
         super().__init__()
         name = type(self).__name__
         self.num_features = _positive_int(num_features, "num_features", name)
@@ -252,9 +252,12 @@ class _BatchNorm(Module):
             raise ValueError(f"{name}(): momentum={momentum!r} must be in [0, 1] or None")
         self.eps, self.momentum = float(eps), momentum
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
-        if affine:
+        if affine:  # bias=False: a learned scale only (PyTorch 2.13)
             self.weight = Parameter(ones(num_features, dtype=dtype, device=device))
-            self.bias = Parameter(zeros(num_features, dtype=dtype, device=device))
+            if bias:
+                self.bias = Parameter(zeros(num_features, dtype=dtype, device=device))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
