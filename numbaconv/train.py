@@ -119,6 +119,7 @@ def evaluate(model, loader, loss_fn=cross_entropy) -> tuple[float, float]:
 
 
 SYNC_EVERY = 10  # batches between reads of the running loss and accuracy
+_first_step_done = False  # in this process: the first step is the one that compiles
 
 
 def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
@@ -140,6 +141,13 @@ def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
         pending.clear()
 
     n_batches = len(loader)
+    global _first_step_done
+    desc = bar.desc if bar is not None else None
+    if bar is not None and not _first_step_done:
+        # a first run compiles every kernel the step needs (tens of seconds) before any
+        # progress: say so instead of sitting silent
+        bar.set_description(f"{desc} (first step: compiling kernels, cached for later runs)")
+        bar.refresh()
     for i, (x, y) in enumerate(loader):
         out = model(x)
         loss = loss_fn(out, y)
@@ -155,6 +163,10 @@ def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
             hits = (_main(out).argmax(1) == y).sum() if classify else None
         pending.append((loss.detach(), hits, n))
         count += n
+        if not _first_step_done:
+            _first_step_done = True
+            if bar is not None:
+                bar.set_description(desc)
         last = i == n_batches - 1
         if len(pending) >= SYNC_EVERY or last:
             drain()
