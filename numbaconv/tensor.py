@@ -243,7 +243,13 @@ class Tensor:
         autograd.backward(self, gradient, retain_graph=retain_graph)
 
     def zero_(self) -> Tensor:
-        self.data = self.backend.zeros(self.shape, self.dtype)
+        """Zero this tensor's storage in place (views and detached copies see it, as in
+        PyTorch); refused on a tensor that requires grad while gradients are recorded."""
+        if autograd.is_grad_enabled() and self.requires_grad:
+            raise RuntimeError("zero_: in-place update of a tensor that requires grad would "
+                               "corrupt its graph; do it inside numbaconv.no_grad()")
+        self.backend.copy_(self.data, self.backend.zeros(self.shape, self.dtype))
+        autograd.mark_written(self)
         return self
 
     def clone(self) -> Tensor:

@@ -20,9 +20,27 @@ def _pair():
     return x, w
 
 
+def _iop(op):
+    def change(x):
+        y = x
+        if op == "+":
+            y += 1
+        elif op == "-":
+            y -= 1
+        elif op == "*":
+            y *= 2
+        else:
+            y /= 2
+    return change
+
+
 @pytest.mark.parametrize("change", [
     lambda x: x.mul_(10),
     lambda x: x.add_(1),
+    lambda x: x.sub_(1),
+    lambda x: x.div_(2),
+    _iop("+"), _iop("-"), _iop("*"), _iop("/"),
+    lambda x: x.zero_(),
     lambda x: x.copy_(nc.zeros(3)),
     lambda x: x.__setitem__(0, 5.0),
     lambda x: x.detach().__setitem__(slice(1, 2), 7.0),   # through a view of its storage
