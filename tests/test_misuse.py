@@ -409,3 +409,43 @@ def test_softmax_dtype_and_batchnorm_without_bias():
     bn = nn.BatchNorm2d(3, bias=False)
     assert [n for n, _ in bn.named_parameters()] == ["weight"]
     assert "bias" not in bn.state_dict() and bn(nc.randn(2, 3, 2, 2)).shape == (2, 3, 2, 2)
+
+
+def _a(*shape):
+    return nc.randn(*shape, requires_grad=True)
+
+
+EMPTY_OPS = {
+    "add mul div": lambda: _a(0, 3) + _a(0, 3) * _a(3) / (_a(0, 3).abs() + 1),
+    "exp log tanh sigmoid pow sqrt": lambda: ((_a(0, 3).exp() + 1).log() + _a(0, 3).tanh() +
+                                              _a(0, 3).sigmoid() + _a(0, 3) ** 2 +
+                                              (_a(0, 3).abs() + 1).sqrt()),
+    "sum over the batch": lambda: _a(0, 3).sum(0), "max over a kept dim": lambda: _a(0, 3).amax(1),
+    "max with indices": lambda: _a(0, 3).max(1)[0], "argmax": lambda: _a(0, 3).argmax(1) * 1.0,
+    "matmul": lambda: _a(0, 3) @ _a(3, 2), "matmul over K = 0": lambda: _a(2, 0) @ _a(0, 3),
+    "cat stack": lambda: nc.cat([_a(0, 3), _a(0, 3)], 0) + nc.stack([_a(0, 3)]).sum(0),
+    "reshape permute index": lambda: _a(0, 3, 2).permute(2, 0, 1)[:, :, 1:].reshape(2, -1),
+    "where maximum": lambda: nc.where(_a(0, 3) > 0, _a(0, 3), nc.maximum(_a(0, 3), _a(0, 3))),
+    "pad": lambda: F.pad(_a(0, 3), (1, 1)),
+    "nll sum": lambda: F.nll_loss(_a(0, 3), nc.tensor(np.zeros(0, np.int64)), reduction="sum"),
+    "cross_entropy none": lambda: F.cross_entropy(_a(0, 3), nc.tensor(np.zeros(0, np.int64)),
+                                                  reduction="none"),
+    "batch_norm 1d": lambda: nn.BatchNorm1d(3)(_a(0, 3)),
+    "conv2d groups": lambda: F.conv2d(_a(0, 4, 5, 5), _a(4, 2, 3, 3), groups=2),
+    "max_pool2d ceil": lambda: F.max_pool2d(_a(0, 2, 5, 5), 2, ceil_mode=True),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_OPS))
+def test_ops_accept_empty_batches(name):
+    y = EMPTY_OPS[name]()
+    assert np.all(np.isfinite(y.numpy())) or y.numel() == 0
+    if y.requires_grad:  # (argmax's result has no gradient)
+        (y.sum() if y.ndim else y).backward()
+
+
+def test_an_extremum_over_nothing_is_refused():
+    with pytest.raises(ValueError, match="dim 0 of shape"):
+        _a(0, 3).argmax(0)
+    with pytest.raises(ValueError, match="is empty"):
+        _a(0, 3).max()

@@ -120,11 +120,20 @@ def mean(x, dim=None, keepdim: bool = False) -> Tensor:
     return M.Mean.apply(x, axes=axes, keepdims=bool(keepdim))
 
 
+def _check_extent(x, dim, op):
+    """An extremum over nothing has no value: refused, as PyTorch; over a non-empty dim of a
+    tensor empty elsewhere (a batch of 0), it is an empty result."""
+    if dim is None or isinstance(dim, tuple | list):
+        if x.numel() == 0:
+            raise ValueError(f"{op}(): input of shape {x.shape} is empty")
+    elif x.shape and x.shape[_norm_dim(dim, x.ndim)] == 0:
+        raise ValueError(f"{op}(): dim {dim} of shape {x.shape} is empty")
+
+
 def _extremum(op):
     def f(x, dim=None, keepdim: bool = False):
         _check_tensor(x, op)
-        if x.numel() == 0:
-            raise ValueError(f"{op}(): input of shape {x.shape} is empty")
+        _check_extent(x, dim, op)
         if dim is None:
             return M.Extremum.apply(x, op=op, axes=tuple(range(x.ndim)), keepdims=False)
         if isinstance(dim, tuple | list):
@@ -156,8 +165,7 @@ def amin(x, dim=None, keepdim: bool = False) -> Tensor:
 def _arg(op):
     def f(x, dim=None, keepdim: bool = False) -> Tensor:
         _check_tensor(x, op)
-        if x.numel() == 0:
-            raise ValueError(f"{op}(): input of shape {x.shape} is empty")
+        _check_extent(x, dim, op)
         be = x.backend
         if dim is None:
             return Tensor._make(be.arg_reduce(op, be.reshape(x.data, (-1,)), 0, False),
