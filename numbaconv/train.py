@@ -11,6 +11,7 @@ had never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import json
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._compiling import watch_compiles
 from .autograd import no_grad
 from .functional import cross_entropy
 from .tensor import Tensor
@@ -145,22 +147,29 @@ def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
     desc = bar.desc if bar is not None else None
     if bar is not None and not _first_step_done:
         # a first run compiles every kernel the step needs (tens of seconds) before any
-        # progress: say so instead of sitting silent
-        bar.set_description(f"{desc} (first step: compiling kernels, cached for later runs)")
+        # progress: say so, naming each kernel as it compiles, instead of sitting silent
+        bar.set_description(f"{desc} (first step: loading kernels)")
         bar.refresh()
+    def compiling(name, n):
+        bar.set_description(f"{desc} (first step: compiling kernel {n}, {name}; cached for "
+                            f"later runs)")
+        bar.refresh()
+
     for i, (x, y) in enumerate(loader):
-        out = model(x)
-        loss = loss_fn(out, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        watch = not _first_step_done and bar is not None
+        with watch_compiles(compiling) if watch else contextlib.nullcontext():
+            out = model(x)
+            loss = loss_fn(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if classify is None:
+                classify = _is_classification(_main(out), y)
+            with no_grad():
+                hits = (_main(out).argmax(1) == y).sum() if classify else None
         if scheduler is not None and getattr(scheduler, "step_per_batch", False):
             scheduler.step()
         n = x.shape[0]
-        if classify is None:
-            classify = _is_classification(_main(out), y)
-        with no_grad():
-            hits = (_main(out).argmax(1) == y).sum() if classify else None
         pending.append((loss.detach(), hits, n))
         count += n
         if not _first_step_done:

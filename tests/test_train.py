@@ -152,3 +152,58 @@ def test_lenet_learns_real_fashion_mnist():
                val_loader=data.DataLoader(test, 500), progress=False)
     assert hist[-1]["val_acc"] > 0.70, hist  # chance is 0.10
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+
+
+def _fresh_kernel(name):
+    """A kernel (calling a helper kernel) that Numba has not compiled yet, named as one of
+    numbaconv's own."""
+    from numba import njit
+
+    def helper(v):
+        return v * 2.0
+
+    helper.__module__, helper.__name__ = "numbaconv.kernels.probe", name + "_helper"
+    helper_jit = njit(cache=False)(helper)
+
+    def kernel(v):
+        return helper_jit(v) + 1.0
+
+    kernel.__module__, kernel.__name__ = "numbaconv.kernels.probe", name
+    return njit(cache=False)(kernel)
+
+
+def test_watch_compiles_names_each_kernel_once_and_times_the_outermost():
+    from numbaconv._compiling import watch_compiles
+
+    probe = _fresh_kernel("probe_watch")
+    seen = []
+    with watch_compiles(lambda name, n: seen.append((name, n))) as log:
+        assert probe(1.0) == 3.0
+        probe(2.0)  # compiled already: nothing announced
+    assert [name for name, _ in seen] == ["probe_watch", "probe_watch_helper"]
+    assert [n for _, n in seen] == [1, 2]
+    assert log.count == 2 and len(log.seconds) == 1 and log.total_seconds > 0
+    with watch_compiles() as log:  # a new specialisation; Numba's own helpers go unnamed
+        probe(np.int64(1))
+    assert log.names and set(log.names) <= {"probe_watch", "probe_watch_helper"}
+
+
+def test_fit_names_the_kernels_its_first_step_compiles(capsys, monkeypatch):
+    import numbaconv.train as train
+
+    probe = _fresh_kernel("probe_first_step")
+
+    class Probing(Small):
+        def forward(self, x):
+            probe(1.0)  # a kernel to compile, as a cold run's first step has dozens
+            return super().forward(x)
+
+    monkeypatch.setattr(train, "_first_step_done", False)
+    nc.manual_seed(0)
+    model = Probing()
+    loader = data.DataLoader(_blobs(64), 32, seed=0)
+    fit(model, loader, optim.SGD(model.parameters(), lr=0.1), 1, progress=True)
+    err = capsys.readouterr().err
+    assert "first step: compiling kernel 1, probe_first_step; cached for later runs" in err
+    # the description is back to the epoch alone once the step is done
+    assert err.rstrip().splitlines()[-1].lstrip("\r").startswith("epoch 1/1:")
