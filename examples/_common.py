@@ -35,7 +35,58 @@ def parser(description: str, epochs: int, batch_size: int, lr: float) -> argpars
                     help="save loss/accuracy curves here (needs matplotlib)")
     ap.add_argument("--no-progress", action="store_true",
                     help="no progress bars, one line per epoch")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel training on the ranks of an MPI job: start it with "
+                         "mpiexec -n N python ... --distributed (--batch-size is per rank)")
     return ap
+
+
+def setup_distributed(args) -> int:
+    """Join the MPI job (with --distributed) and share this machine's cores among its ranks;
+    returns this process's rank."""
+    if not args.distributed:
+        return 0
+    from numbaconv import distributed as dist
+
+    dist.init_process_group()
+    if dist.get_world_size() == 1:
+        print(f"--distributed in a world of one rank: to train on N processes, start "
+              f"{dist.how_to_launch(n=2)} --distributed")
+    if "NUMBA_NUM_THREADS" not in os.environ:
+        import numba
+
+        numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS
+                                  // dist.local_world_size()))
+    return dist.get_rank()
+
+
+def loaders(args, train, test, test_batch, drop_last=False):
+    """Training loader (shuffled) and test loader, each rank's share of them with
+    --distributed."""
+    device = args.backend
+    if not args.distributed:
+        return (data.DataLoader(train, args.batch_size, shuffle=True, drop_last=drop_last,
+                                seed=args.seed, device=device),
+                data.DataLoader(test, test_batch, device=device))
+    from numbaconv import distributed as dist
+
+    rank = dist.get_rank()
+    train_sampler = data.DistributedSampler(train, seed=args.seed, drop_last=drop_last)
+    test_sampler = data.DistributedSampler(test, shuffle=False)
+    # the sampler orders the images; the loader's generator (augmentation) differs per rank
+    return (data.DataLoader(train, args.batch_size, sampler=train_sampler, drop_last=drop_last,
+                            seed=args.seed + rank, device=device),
+            data.DataLoader(test, test_batch, sampler=test_sampler, device=device))
+
+
+def wrap(model, args):
+    """The model as each rank trains it: in DistributedDataParallel with --distributed
+    (BatchNorm layers made SyncBatchNorm)."""
+    if not args.distributed:
+        return model
+    from numbaconv import nn
+
+    return nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model))
 
 
 def datasets(args, train_transform=None, test_transform=None):
@@ -54,6 +105,11 @@ def checkpoint_path(args, name):
 
 
 def report(history, args, name, started):
+    if args.distributed:
+        from numbaconv import distributed as dist
+
+        if dist.get_rank() != 0:
+            return
     last = history[-1]
     print(f"{name}: final test accuracy {last['val_acc']:.2%} after {last['epoch']} epochs "
           f"({time.perf_counter() - started:.0f} s in all, "

@@ -3,6 +3,7 @@
     python examples/train_lenet.py                    # 10 epochs, about 91% on Fashion-MNIST
     python examples/train_lenet.py --epochs 2 --train-subset 10000
     NUMBACONV_BACKEND=cuda python examples/train_lenet.py
+    mpiexec -n 2 python examples/train_lenet.py --distributed   # 2 processes, MPI
 
 SGD with Nesterov momentum 0.9, weight decay 5e-4 and a cosine learning-rate schedule;
 inputs normalised with the training set's mean and standard deviation.
@@ -15,10 +16,18 @@ import time
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 
-from _common import checkpoint_path, datasets, parser, report  # noqa: E402
+from _common import (  # noqa: E402
+    checkpoint_path,
+    datasets,
+    loaders,
+    parser,
+    report,
+    setup_distributed,
+    wrap,
+)
 
 import numbaconv as nc  # noqa: E402
-from numbaconv import data, models, optim  # noqa: E402
+from numbaconv import models, optim  # noqa: E402
 from numbaconv.data import transforms as T  # noqa: E402
 
 MEAN_STD = {"fashion-mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
@@ -27,15 +36,13 @@ MEAN_STD = {"fashion-mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
 def main(argv=None):
     args = parser(__doc__.split("\n")[0], epochs=10, batch_size=64, lr=0.05).parse_args(argv)
     started = time.perf_counter()
+    setup_distributed(args)
     nc.manual_seed(args.seed)
     mean, std = MEAN_STD[args.dataset]
     norm = T.Normalize([mean], [std])
     train, test = datasets(args, norm, norm)
-    device = args.backend
-    train_loader = data.DataLoader(train, args.batch_size, shuffle=True, seed=args.seed,
-                                   device=device)
-    test_loader = data.DataLoader(test, 1000, device=device)
-    model = models.lenet5().to(device)
+    train_loader, test_loader = loaders(args, train, test, 1000)
+    model = wrap(models.lenet5().to(args.backend), args)
     opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                     weight_decay=5e-4)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))

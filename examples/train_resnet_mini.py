@@ -15,10 +15,18 @@ import time
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 
-from _common import checkpoint_path, datasets, parser, report  # noqa: E402
+from _common import (  # noqa: E402
+    checkpoint_path,
+    datasets,
+    loaders,
+    parser,
+    report,
+    setup_distributed,
+    wrap,
+)
 
 import numbaconv as nc  # noqa: E402
-from numbaconv import data, models, optim  # noqa: E402
+from numbaconv import models, optim  # noqa: E402
 from numbaconv.data import transforms as T  # noqa: E402
 
 MEAN_STD = {"fashion-mnist": (0.2860, 0.3530), "mnist": (0.1307, 0.3081)}
@@ -29,16 +37,14 @@ def main(argv=None):
     ap.add_argument("--depth", type=int, default=8, help="6n+2: 8, 14, 20, ...")
     args = ap.parse_args(argv)
     started = time.perf_counter()
+    setup_distributed(args)
     nc.manual_seed(args.seed)
     mean, std = MEAN_STD[args.dataset]
     norm = T.Normalize([mean], [std])
     augment = T.Compose([T.RandomCrop(28, padding=2), T.RandomHorizontalFlip(), norm])
     train, test = datasets(args, augment, norm)
-    device = args.backend
-    train_loader = data.DataLoader(train, args.batch_size, shuffle=True, drop_last=True,
-                                   seed=args.seed, device=device)
-    test_loader = data.DataLoader(test, 500, device=device)
-    model = models.resnet_mini(args.depth).to(device)
+    train_loader, test_loader = loaders(args, train, test, 500, drop_last=True)
+    model = wrap(models.resnet_mini(args.depth).to(args.backend), args)
     opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                     weight_decay=5e-4)
     sched = optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=max(args.epochs, 1),

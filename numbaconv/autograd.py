@@ -184,8 +184,97 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
 
+# ------------------------------------------------------------------ hooks
+
+
+class _Hooks:
+    """Leaves with post-accumulate-grad hooks, counted so that a backward pass without any
+    costs nothing; callbacks queued for the end of the running backward pass."""
+
+    hooked = 0
+
+
+def register_post_accumulate_grad_hook(tensor: Tensor, hook):
+    """Call ``hook(tensor)`` once per backward pass, when the leaf's ``.grad`` has received
+    every contribution of that pass (PyTorch's ``Tensor.register_post_accumulate_grad_hook``).
+    A leaf that the pass does not reach is not called. Returns a handle with ``remove()``."""
+    if tensor._ctx is not None:
+        raise RuntimeError("register_post_accumulate_grad_hook: only leaf tensors have "
+                           "accumulated gradients; this tensor is the output of an op")
+    if not tensor.requires_grad:
+        raise RuntimeError("register_post_accumulate_grad_hook: the tensor does not require "
+                           "grad")
+    if not callable(hook):
+        raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got "
+                        f"{type(hook).__name__}")
+    if tensor._grad_hooks is None:
+        tensor._grad_hooks = []
+    tensor._grad_hooks.append(hook)
+    _Hooks.hooked += 1
+    return _HookHandle(tensor, hook)
+
+
+class _HookHandle:
+    def __init__(self, tensor, hook):
+        self._tensor, self._hook = weakref.ref(tensor), hook
+
+    def remove(self) -> None:
+        t = self._tensor()
+        hooks = t._grad_hooks if t is not None else None
+        if hooks and any(h is self._hook for h in hooks):
+            hooks.remove(self._hook)
+            _Hooks.hooked -= 1
+            if not hooks:
+                t._grad_hooks = None
+
+
+def queue_callback(callback) -> None:
+    """Run ``callback()`` once the backward pass now running has finished (PyTorch's
+    ``Variable._execution_engine.queue_callback``): how a hook that started work during the
+    pass (an all-reduce of gradients) waits for it at the end."""
+    queue = getattr(_state, "callbacks", None)
+    if queue is None:
+        raise RuntimeError("queue_callback: no backward pass is running")
+    queue.append(callback)
+
+
+def _hook_counts(order):
+    """For each hooked leaf reached by ``order``: how many of its ops' gradients it awaits."""
+    pending = {}
+    for fn in order:
+        for t, need in zip(fn.inputs, fn.needs_input_grad):
+            if need and t._ctx is None and t._grad_hooks:
+                pending[id(t)] = pending.get(id(t), 0) + 1
+    return pending
+
+
+def _settle(fn, pending) -> None:
+    """``fn`` has delivered its gradients (or none): fire the hooks of the leaves that were
+    waiting for it last."""
+    for t, need in zip(fn.inputs, fn.needs_input_grad):
+        if need and id(t) in pending:
+            pending[id(t)] -= 1
+            if pending[id(t)] == 0:
+                del pending[id(t)]
+                if t.grad is not None:
+                    for hook in list(t._grad_hooks or ()):
+                        hook(t)
+
+
 def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
-    """Backpropagate from ``root`` into the ``.grad`` of every leaf that requires a gradient."""
+    """Backpropagate from ``root`` into the ``.grad`` of every leaf that requires a gradient.
+    Then runs the callbacks queued during the pass (:func:`queue_callback`)."""
+    outer = getattr(_state, "callbacks", None)
+    _state.callbacks = []
+    try:
+        _backward(root, grad, retain_graph)
+        while _state.callbacks:
+            _state.callbacks.pop(0)()
+    finally:
+        _state.callbacks = outer
+
+
+def _backward(root: Tensor, grad, retain_graph: bool) -> None:
     from .tensor import Tensor
 
     if not root.requires_grad:
@@ -222,13 +311,18 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
 
     if root._ctx is None:  # a leaf: its gradient is the seed itself
         _accumulate_leaf(root, g, seed)
+        for hook in list(root._grad_hooks or ()):
+            hook(root)
         return
 
     order = _topological_order(root._ctx)
+    pending = _hook_counts(order) if _Hooks.hooked else None
     grads = {id(root._ctx): g}
     for fn in order:
         g = grads.pop(id(fn), None)
         if g is None:  # no gradient flowed into this op (every consumer returned None)
+            if pending:
+                _settle(fn, pending)
             continue
         if fn.freed:
             raise RuntimeError(
@@ -253,6 +347,8 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 grads[key] = gi if prev is None else fn.backend.binary("add", prev, gi)
                 if t._retains_grad:
                     _accumulate_leaf(t, gi, seed)
+        if pending:
+            _settle(fn, pending)
 
 
 def _accumulate_leaf(t: Tensor, g, seed=None) -> None:

@@ -69,7 +69,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "device", "requires_grad", "grad", "_ctx", "_retains_grad",
-                 "__weakref__")
+                 "_grad_hooks", "__weakref__")
     __array_priority__ = 1000  # so that ndarray <op> Tensor defers to Tensor's reflected op
 
     def __init__(self, data, dtype=None, requires_grad=False, device=None):
@@ -77,6 +77,7 @@ class Tensor:
         self.data, self.device = t.data, t.device
         self.requires_grad, self.grad, self._ctx, self._retains_grad = (
             t.requires_grad, None, None, False)
+        self._grad_hooks = None
 
     @classmethod
     def _make(cls, data, device: str, requires_grad: bool = False) -> Tensor:
@@ -87,6 +88,7 @@ class Tensor:
         t.grad = None
         t._ctx = None
         t._retains_grad = False
+        t._grad_hooks = None
         return t
 
     # ---------------------------------------------------------------- properties
@@ -238,6 +240,11 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("retain_grad() on a tensor that does not require grad")
         self._retains_grad = True
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """``hook(self)`` after each backward pass has accumulated all of its gradient into
+        ``self.grad`` (a leaf); returns a handle with ``remove()``."""
+        return autograd.register_post_accumulate_grad_hook(self, hook)
 
     def backward(self, gradient: Tensor | None = None, retain_graph: bool = False) -> None:
         autograd.backward(self, gradient, retain_graph=retain_graph)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed as dist
 from ._compiling import watch_compiles
 from .autograd import no_grad
 from .functional import cross_entropy
@@ -116,7 +117,12 @@ def evaluate(model, loader, loss_fn=cross_entropy) -> tuple[float, float]:
                 count += n
     finally:
         model.train(was_training)
-    acc = correct / count if count and _is_classification(_main(out), y) else float("nan")
+    classify = count > 0 and _is_classification(_main(out), y)
+    if dist._active():  # every rank evaluated its share: the job's totals
+        total_loss, correct, count, n_classify = dist._allreduce_now(
+            [total_loss, correct, count, float(classify)])
+        classify = n_classify > 0
+    acc = correct / count if count and classify else float("nan")
     return total_loss / max(count, 1), acc
 
 
@@ -189,6 +195,9 @@ def _train_epoch(model, loader, optimizer, loss_fn, scheduler, bar):
             bar.update(1)
     drain()
     seconds = time.perf_counter() - start
+    if dist._active():  # the whole job's loss and accuracy; its time is the slowest rank's
+        total_loss, correct, count = dist._allreduce_now([total_loss, correct, count])
+        seconds = float(dist._allreduce_now([seconds], "max")[0])
     acc = correct / count if classify else float("nan")
     return total_loss / max(count, 1), acc, seconds, count / max(seconds, 1e-9)
 
@@ -202,6 +211,12 @@ def fit(model, train_loader, optimizer, epochs: int, loss_fn=cross_entropy, val_
     existing checkpoint, training continues after its last completed epoch (weights, optimizer,
     schedule, history and random generators restored). ``history_path`` (``.json`` or
     ``.csv``) is rewritten after every epoch.
+
+    Under MPI (``numbaconv.distributed``, the model wrapped in DistributedDataParallel), every
+    rank calls ``fit`` alike: the progress bar, the history file and the checkpoints are rank
+    0's alone; the loss, accuracy and validation figures are the whole job's (summed over the
+    ranks); a loader's DistributedSampler gets ``set_epoch`` before each epoch. A checkpoint
+    holds the model without the ``module.`` prefix, so it resumes on any number of ranks.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit(): epochs={epochs!r} must be a non-negative int")
@@ -215,12 +230,16 @@ def fit(model, train_loader, optimizer, epochs: int, loss_fn=cross_entropy, val_
             first_epoch = state["epoch"] + 1
             history.extend(state["history"])
     bar_cls = None
-    if progress:
+    rank0 = dist.get_rank() == 0
+    if progress and rank0:
         try:
             from tqdm.auto import tqdm as bar_cls
         except ImportError:  # pragma: no cover - tqdm is a dependency
             bar_cls = None
     for epoch in range(first_epoch, epochs):
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
         bar = bar_cls(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
                       unit="batch", leave=True) if bar_cls else None
         try:
@@ -247,7 +266,7 @@ def fit(model, train_loader, optimizer, epochs: int, loss_fn=cross_entropy, val_
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, optimizer, scheduler, epoch, history,
                             train_loader)
-        if history_path is not None:
+        if history_path is not None and rank0:
             (history.to_csv if str(history_path).endswith(".csv") else history.to_json)(
                 history_path)
     return history
@@ -270,7 +289,13 @@ def _json_safe(value):
 
 def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = -1,
                     history=(), loader=None) -> None:
-    """Write model, optimizer, schedule, epoch, history and RNG states to ``path`` (.npz)."""
+    """Write model, optimizer, schedule, epoch, history and RNG states to ``path`` (.npz).
+
+    Under MPI every rank calls it (it gathers each rank's random generators) and rank 0
+    alone writes; the ranks leave together once the file is in place."""
+    from .nn.parallel import unwrap
+
+    model = unwrap(model)
     arrays = {}
     for k, t in model.state_dict().items():
         arrays[f"model/{k}"] = np.asarray(t.numpy(), order="C")
@@ -296,8 +321,15 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = -1
     meta["rng"] = {"backend": _json_safe(be.rng_state())}
     if loader is not None and hasattr(loader, "state_dict"):
         meta["rng"]["loader"] = _json_safe(loader.state_dict())
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    if dist._active():  # every rank's generators, rank 0's also under the usual keys
+        states = dist._gather_strings(json.dumps(meta["rng"]))
+        if states is not None:
+            meta["rng"]["ranks"] = [json.loads(text) for text in states]
+    if dist.get_rank() == 0:
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+    if dist._active():
+        dist.barrier()
 
 
 def _read_checkpoint(path):
@@ -338,7 +370,10 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, loader=Non
     """Read a checkpoint (never unpickling anything) and restore whatever objects are given:
     all of them or, when any part is invalid, none (a ValueError names the path and the fault).
     Returns {"epoch", "history", "meta", "model_state"}."""
+    from .nn.parallel import unwrap
+
     meta, model_state, optim_arrays = _read_checkpoint(path)
+    model = unwrap(model) if model is not None else None
     backups = []
     if model is not None:
         saved = {k: t.numpy().copy() for k, t in model.state_dict().items()}
@@ -378,14 +413,20 @@ def _restore(path, meta, model_state, optim_arrays, model, optimizer, scheduler,
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     if scheduler is not None and "scheduler" in meta:
         scheduler.load_state_dict(meta["scheduler"])
-    if model is not None:
+    rng = meta["rng"]
+    ranks = rng.get("ranks")
+    if dist.get_world_size() > 1 and isinstance(ranks, list):
+        # a rank that the saved job had resumes its own generators; one it did not have keeps
+        # its seeded ones (rather than repeat rank 0's dropout masks and augmentations)
+        rng = ranks[dist.get_rank()] if dist.get_rank() < len(ranks) else {}
+    if model is not None and "backend" in rng:
         from .backend import get_backend
 
         params = list(model.parameters())
         be = get_backend(params[0].device if params else "cpu")
-        be.set_rng_state(meta["rng"]["backend"])
-    if loader is not None and "loader" in meta.get("rng", {}):
-        loader.load_state_dict(meta["rng"]["loader"])
+        be.set_rng_state(rng["backend"])
+    if loader is not None and "loader" in rng:
+        loader.load_state_dict(rng["loader"])
     history = [{k: (float("nan") if v is None else v) for k, v in row.items()}
                for row in meta.get("history", [])]
     return {"epoch": meta["epoch"], "history": history, "meta": meta,

@@ -5,7 +5,15 @@ of its input tensors.
 """
 
 from .conv import conv2d, conv_transpose2d
-from .nn import batch_norm, cross_entropy, dropout, linear, mse_loss, nll_loss
+from .nn import (
+    batch_norm,
+    cross_entropy,
+    dropout,
+    linear,
+    mse_loss,
+    nll_loss,
+    sync_batch_norm,
+)
 from .ops import (
     abs,
     add,
@@ -69,6 +77,7 @@ __all__ = [
     "reshape", "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sub", "sum", "tanh",
     "transpose", "unsqueeze", "view", "where", "conv2d", "conv_transpose2d",
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "interpolate",
-    "local_response_norm", "max_pool2d", "batch_norm", "cross_entropy", "dropout", "linear",
+    "local_response_norm", "max_pool2d", "batch_norm", "sync_batch_norm", "cross_entropy",
+    "dropout", "linear",
     "mse_loss", "nll_loss",
 ]

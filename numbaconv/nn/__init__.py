@@ -1,7 +1,7 @@
 """Layers, losses and containers with ``torch.nn``'s names, signatures and defaults."""
 
 from .. import functional
-from . import init
+from . import init, parallel
 from .layers import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -23,6 +23,7 @@ from .layers import (
     ReLU,
     Sigmoid,
     Softmax,
+    SyncBatchNorm,
     Tanh,
     Upsample,
 )
@@ -33,5 +34,5 @@ __all__ = [
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "Conv2d", "ConvTranspose2d", "CrossEntropyLoss", "Dropout", "Flatten", "Identity", "Linear",
     "LocalResponseNorm", "LogSoftmax", "MaxPool2d", "MSELoss", "NLLLoss", "ReLU", "Sigmoid",
-    "Softmax", "Tanh", "Upsample",
+    "Softmax", "SyncBatchNorm", "Tanh", "Upsample", "parallel",
 ]

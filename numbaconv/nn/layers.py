@@ -272,7 +272,7 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
-    def forward(self, input: Tensor, _relu: bool = False) -> Tensor:
+    def _check_input(self, input: Tensor) -> None:
         name = type(self).__name__
         if input.ndim not in self.expected_dims:
             dims = " or ".join(f"{d}-D" for d in self.expected_dims)
@@ -280,15 +280,23 @@ class _BatchNorm(Module):
         if input.shape[1] != self.num_features:
             raise ValueError(f"{name}: input has {input.shape[1]} channels, expected "
                              f"num_features={self.num_features}")
+
+    def _momentum(self) -> float:
+        """This step's momentum, counting the batch in training."""
         momentum = self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             if momentum is None:  # cumulative moving average
                 momentum = 1.0 / int(self.num_batches_tracked.item())
+        return momentum or 0.0
+
+    def forward(self, input: Tensor, _relu: bool = False) -> Tensor:
+        self._check_input(input)
+        momentum = self._momentum()
         # batch statistics in training, or whenever there are no running ones (PyTorch's rule)
         use_batch = self.training or not self.track_running_stats
         return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch, momentum or 0.0, self.eps, _relu=_relu)
+                            use_batch, momentum, self.eps, _relu=_relu)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -305,6 +313,48 @@ class BatchNorm1d(_BatchNorm):
     """Batch normalisation of (N, C) or (N, C, L) input, per channel."""
 
     expected_dims = (2, 3)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalisation whose training statistics span the batches of every rank of a
+    data-parallel job (see ``numbaconv.distributed``), as PyTorch's: with a batch of B per
+    rank on P ranks it normalises as BatchNorm would over one batch of P * B. In eval mode, or
+    in a world of one, it is plain BatchNorm. Any input of 2 or more dims, (N, C, ...)."""
+
+    expected_dims = (2, 3, 4, 5)
+
+    def forward(self, input: Tensor, _relu: bool = False) -> Tensor:
+        from .. import distributed as dist
+
+        if not (self.training and dist._active()):
+            return super().forward(input, _relu=_relu)
+        self._check_input(input)
+        momentum = self._momentum()
+        out = F.sync_batch_norm(input, self.running_mean, self.running_var, self.weight,
+                                self.bias, momentum, self.eps)
+        return out.relu() if _relu else out
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:
+        """``module`` with every BatchNorm1d/2d (itself or inside it) replaced by a
+        SyncBatchNorm holding the same parameters and buffers (the same tensors, so an
+        optimizer made before still updates them)."""
+        if process_group is not None:
+            raise ValueError("convert_sync_batchnorm(): process groups other than the world "
+                             "are not supported; pass process_group=None")
+        if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+            new = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats)
+            for name, p in module._parameters.items():
+                new._parameters[name] = p
+            for name, b in module._buffers.items():
+                new._buffers[name] = b
+            new.train(module.training)
+            return new
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                module._modules[name] = cls.convert_sync_batchnorm(child)
+        return module
 
 
 class Dropout(Module):
