@@ -66,7 +66,17 @@ def collectives(out: Path):
     model = Many()
     ddp = DDP(model, bucket_cap_mb=4096 / 2 ** 20)  # 4 KiB buckets: big (7.2 KB) alone
     x = nc.tensor(np.random.default_rng(r).normal(size=(4, 3)).astype(np.float32))
+    # overlap: how many gradients backward had still to produce as each bucket started
+    pending_at_start, start = [], dist._allreduce_array
+
+    def recording(buf, op="sum"):
+        pending_at_start.append(sum(p.grad is None for p in model.parameters()))
+        return start(buf, op)
+
+    dist._allreduce_array = recording
     ddp(x).sum().backward()
+    dist._allreduce_array = start
+    res["pending_at_start"] = pending_at_start
     res["buckets"] = ddp.bucket_sizes
     res["params"] = [p.numpy().tolist() for p in model.parameters()]
     res["grads"] = [p.grad.numpy().tolist() for p in model.parameters()]

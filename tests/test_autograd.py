@@ -169,3 +169,50 @@ def test_backward_reads_the_given_gradient_without_keeping_it():
         (y * 3).backward(nc.tensor(given))
         assert y.grad.dtype == nc.float32 and y.grad.data.flags["C_CONTIGUOUS"]
         np.testing.assert_array_equal(y.grad.numpy(), 3)
+
+
+def test_post_accumulate_grad_hook_fires_once_with_the_whole_gradient():
+    from numbaconv import autograd
+
+    w = nc.tensor(np.ones(3, np.float32), requires_grad=True)
+    v = nc.tensor(np.ones(3, np.float32), requires_grad=True)
+    unused = nc.tensor(np.ones(3, np.float32), requires_grad=True)
+    seen, order = [], []
+    w.register_post_accumulate_grad_hook(lambda t: seen.append(("w", t.grad.numpy().copy())))
+    v.register_post_accumulate_grad_hook(lambda t: seen.append(("v", t.grad.numpy().copy())))
+    handle = unused.register_post_accumulate_grad_hook(lambda t: seen.append("unused"))
+    # w is used three times, the last use far from the loss; v only near the loss
+    h = (w * 2).exp() + w * 3
+    y = (h * v).sum() + (w * w).sum()
+
+    def at_end():
+        order.append([name for name, _ in seen])
+
+    w.register_post_accumulate_grad_hook(lambda t: autograd.queue_callback(at_end))
+    y.backward()
+    names = [name for name, _ in seen]
+    assert names == ["v", "w"]  # v's gradient is complete first; unused never fires
+    want_w = 2 * np.exp(2) + 3 + 2  # d/dw of v(e^2w + 3w) + w^2 at w = v = 1
+    np.testing.assert_allclose(seen[1][1], np.full(3, want_w, np.float32), rtol=1e-6)
+    assert order == [["v", "w"]]  # the queued callback ran after the pass
+    handle.remove()
+    with pytest.raises(RuntimeError, match="no backward pass is running"):
+        autograd.queue_callback(at_end)
+    with pytest.raises(RuntimeError, match="only leaf tensors"):
+        h.register_post_accumulate_grad_hook(print)
+
+
+def test_removed_hooks_stay_silent_and_uncounted():
+    from numbaconv.autograd import _Hooks
+
+    before = _Hooks.hooked  # with none registered, backward skips the bookkeeping
+    w = nc.tensor(np.ones(2, np.float32), requires_grad=True)
+    calls = []
+    handle = w.register_post_accumulate_grad_hook(calls.append)
+    assert _Hooks.hooked == before + 1
+    (w * 2).sum().backward()
+    handle.remove()
+    handle.remove()  # twice is harmless
+    (w * 2).sum().backward()
+    assert len(calls) == 1 and calls[0] is w
+    assert _Hooks.hooked == before

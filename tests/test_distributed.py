@@ -156,6 +156,10 @@ def test_collectives_and_bucketed_gradients_on_two_ranks(tmp_path):
     # buckets: the big layer alone, the small ones packed up to 4 KiB
     assert res[0]["buckets"] == res[1]["buckets"] and len(res[0]["buckets"]) >= 3
     assert max(res[0]["buckets"]) > 4096 and sorted(res[0]["buckets"])[-2] <= 4096
+    # each bucket's all-reduce started while backward still had the layers below it to do
+    pending = res[0]["pending_at_start"]
+    assert len(pending) == len(res[0]["buckets"]) and pending[0] > 30
+    assert pending == sorted(pending, reverse=True) and pending[-1] == 0
     # both replicas hold rank 0's weights, and the mean of the two ranks' gradients
     for a, b in zip(res[0]["params"], res[1]["params"]):
         np.testing.assert_array_equal(a, b)
