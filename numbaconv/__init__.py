@@ -15,7 +15,7 @@ import os as _os
 # value the user set wins.
 _os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
-from . import analysis, arith, data, functional, models, nn, optim, train, visualize
+from . import analysis, arith, data, distributed, functional, models, nn, optim, train, visualize
 from ._summary import ModelSummary, summary
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import DEVICES, default_device, get_backend, seed_all
@@ -52,6 +52,7 @@ from .functional import (  # noqa: E402  (tensor-level functions, as in torch.*)
     where,
 )
 from .gradcheck import GradcheckError, gradcheck
+from .serialization import load, save
 from .tensor import (
     Tensor,
     arange,
@@ -102,7 +103,8 @@ __all__ = [
     "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
     "manual_seed", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled",
     "gradcheck", "GradcheckError", "functional", "nn", "optim", "data", "models", "train",
-    "arith", "analysis", "visualize", "summary", "ModelSummary",
+    "arith", "analysis", "visualize", "summary", "ModelSummary", "distributed", "save", "load",
+    "onnx",
     "default_device", "get_backend", "DEVICES",
     "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_",
     "abs", "amax", "amin", "argmax", "argmin", "cat", "exp", "flatten", "log", "log_softmax",
@@ -110,3 +112,12 @@ __all__ = [
     "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "transpose", "unsqueeze",
     "where",
 ]
+
+
+def __getattr__(name):
+    # numbaconv.onnx needs the optional onnx package: imported on first use
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module 'numbaconv' has no attribute {name!r}")

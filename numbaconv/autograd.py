@@ -102,6 +102,10 @@ class _InplaceLog:
 
 INPLACE = _InplaceLog()
 
+# The tracer of a forward pass being exported (numbaconv.onnx), told of every op and every
+# module call; None otherwise (one check per op).
+TRACER: list = [None]
+
 
 def mark_written(tensor_or_array, backend=None) -> None:
     """Record an in-place write into a tensor's storage (see :class:`_InplaceLog`)."""
@@ -174,7 +178,9 @@ class Function:
         else:
             fn.saved = ()
         if extra:
-            return (result, *[Tensor._make(e, result.device) for e in extra])
+            result = (result, *[Tensor._make(e, result.device) for e in extra])
+        if TRACER[0] is not None:  # numbaconv.onnx.export is recording the ops of a forward
+            TRACER[0].on_function(cls, inputs, params, result)
         return result
 
     def forward(self, *arrays, **params):  # pragma: no cover - abstract

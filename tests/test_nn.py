@@ -284,3 +284,23 @@ def test_cross_entropy_with_probability_targets(kw):
                                                              **extra_th), [x])
     with pytest.raises(TypeError, match="class probabilities of the input's shape"):
         F.cross_entropy(nc.tensor(x), nc.tensor(p[:, :3].copy()))
+
+
+def test_a_module_assigned_over_a_plain_attribute_is_registered():
+    """``self.x = None`` then ``self.x = Linear(...)`` (torchvision's ``downsample``): the layer
+    is the attribute and in state_dict, not shadowed by the earlier None."""
+    from numbaconv import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = None
+            self.proj = nn.Linear(2, 3)
+            self.scale = None
+            self.scale = nn.Parameter(nc.ones(3))
+
+    net = Net()
+    assert isinstance(net.proj, nn.Linear)
+    assert set(net.state_dict()) == {"proj.weight", "proj.bias", "scale"}
+    net.proj = None
+    assert net.proj is None and set(net.state_dict()) == {"scale"}

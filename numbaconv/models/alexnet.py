@@ -52,6 +52,39 @@ class AlexNet(nn.Module):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
-def alexnet(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> AlexNet:
-    """AlexNet; keyword options: ``groups`` (2 = paper, 1 = one tower), ``lrn``, ``dropout``."""
-    return AlexNet(num_classes, in_channels, **kwargs)
+class TorchvisionAlexNet(nn.Module):
+    """torchvision's AlexNet (after Krizhevsky's "one weird trick" paper, 2014): 64, 192, 384,
+    256 and 256 filters, one tower, no LRN, an adaptive 6x6 average pool; its ``state_dict``
+    keys and shapes are torchvision's, so its ImageNet weights load as they are."""
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def alexnet(num_classes: int = 1000, in_channels: int = 3, variant: str = "paper",
+            **kwargs) -> AlexNet | TorchvisionAlexNet:
+    """AlexNet. ``variant="paper"`` (the default) is the 2012 paper's network, with keyword
+    options ``groups`` (2 = paper, 1 = one tower), ``lrn``, ``dropout``;
+    ``variant="torchvision"`` is torchvision's (its weights load into it; option
+    ``dropout``)."""
+    if variant == "paper":
+        return AlexNet(num_classes, in_channels, **kwargs)
+    if variant == "torchvision":
+        return TorchvisionAlexNet(num_classes, in_channels, **kwargs)
+    raise ValueError(f"alexnet(): variant={variant!r}; expected 'paper' or 'torchvision'")

@@ -22,21 +22,20 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        if not self.residual:
-            self.shortcut = None
-        elif stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
+        # torchvision's names (and so its state_dict keys): the projection is ``downsample``,
+        # None where the shortcut is the identity
+        self.downsample = None
+        if self.residual and (stride != 1 or in_channels != out_channels):
+            self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                 nn.BatchNorm2d(out_channels))
-        else:
-            self.shortcut = nn.Identity()
 
     def forward(self, x):
         out = self.bn1(self.conv1(x), _relu=True)  # BatchNorm and ReLU fused in one kernel
-        if self.shortcut is None:
+        if not self.residual:
             return self.bn2(self.conv2(out), _relu=True)
         out = self.bn2(self.conv2(out))
-        return relu(out + self.shortcut(x))
+        return relu(out + (self.downsample(x) if self.downsample is not None else x))
 
 
 class ResNetMini(nn.Module):
@@ -96,13 +95,13 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         c = widths[0]
-        self.layers = nn.ModuleList()
+        self.stages = len(widths)
         for i, (n, w) in enumerate(zip(blocks, widths)):
             stage = []
             for j in range(int(n)):
                 stage.append(BasicBlock(c, w, 2 if (j == 0 and i > 0) else 1))
                 c = w
-            self.layers.append(nn.Sequential(*stage))
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))  # torchvision's names
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
         for m in self.modules():
@@ -111,8 +110,8 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         x = self.maxpool(self.bn1(self.conv1(x), _relu=True))
-        for stage in self.layers:
-            x = stage(x)
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(self.avgpool(x).flatten(1))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 
-from ..autograd import mark_written
+from ..autograd import TRACER, mark_written
 from ..tensor import Tensor, is_floating
 
 
@@ -94,10 +94,10 @@ class Module:
                 f"super().__init__() first in {type(self).__name__}.__init__")
         for store in (self._parameters, self._buffers, self._modules):
             store.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        if isinstance(value, Parameter | Module):
+            # a plain attribute of that name (``self.x = None`` earlier) would shadow it
+            self.__dict__.pop(name, None)
+            (self._parameters if isinstance(value, Parameter) else self._modules)[name] = value
         elif name in self.__dict__.get("_buffer_names", ()) and isinstance(value, Tensor):
             self._buffers[name] = value
         else:
@@ -284,6 +284,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        if TRACER[0] is not None:  # numbaconv.onnx.export records this call
+            return TRACER[0].on_module(self, args, kwargs)
         if not (_global_forward_hooks or "_forward_hooks" in self.__dict__):
             return self.forward(*args, **kwargs)
         out = self.forward(*args, **kwargs)
