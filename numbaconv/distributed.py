@@ -237,8 +237,8 @@ def _host(t: Tensor) -> tuple[np.ndarray, bool]:
     memory (a CPU tensor: reduced in place) or a staging copy to write back."""
     arr = t.numpy()  # a CPU tensor's own array; a copy from a device
     own = t.device == "cpu" and arr.flags["C_CONTIGUOUS"] and arr.flags["WRITEABLE"]
-    if not own:
-        arr = np.ascontiguousarray(np.array(arr, copy=True))
+    if not own:  # (a device copy of a 0-d tensor may come back as shape (1,))
+        arr = np.ascontiguousarray(np.array(arr, copy=True)).reshape(t.shape)
     return arr, own
 
 

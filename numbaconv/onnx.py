@@ -222,6 +222,9 @@ def _simple(op, **attrs):
 def _reshape(tr, inputs, p, outs):
     x = inputs[0]
     shape = list(p["shape"])
+    if x.ndim > 2 and len(shape) == 2 and shape[0] == x.shape[0]:  # flatten(1): N x rest
+        tr.node("Flatten", [tr.name_of(x)], [tr.output(outs[0], "flatten")], axis=1)
+        return
     # the batch stays dynamic: a leading dimension equal to the input's is copied from it
     if x.ndim and shape and shape[0] == x.shape[0]:
         shape[0] = 0

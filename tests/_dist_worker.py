@@ -148,8 +148,26 @@ def fault(out: Path, how: str):
     (out / f"finished.{dist.get_rank()}").write_text("the other rank never stopped")
 
 
+def device(out: Path, dev: str):
+    """DDP with SyncBatchNorm on ``dev`` tensors (a GPU's are staged through host buffers)."""
+    r = dist.get_rank()
+    t = nc.tensor(np.full(3, r + 1, np.float32), device=dev)
+    dist.all_reduce(t, "mean")
+    nc.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(2 * 4 * 4, 3)).to(dev)
+    ddp = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(net))
+    x = nc.tensor(np.random.default_rng(r).random((2, 1, 6, 6), dtype=np.float32), device=dev)
+    ddp(x).sum().backward()
+    res = {"mean": t.numpy().tolist(), "device": t.device,
+           "grads": [p.grad.numpy().tolist() for p in net.parameters()],
+           "running_var": net[1].running_var.numpy().tolist()}
+    (out / f"device_{dev}.{r}.json").write_text(json.dumps(res))
+
+
 if __name__ == "__main__":
     case, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group(world_size=int(os.environ.get("EXPECT_RANKS", "2")))
-    {"collectives": collectives, "equivalence": equivalence, "fit": fit_checkpoint,
-     "fault": fault}[case](out, *[int(a) if a.isdigit() else a for a in sys.argv[3:]])
+    cases = {"collectives": collectives, "equivalence": equivalence, "fit": fit_checkpoint,
+             "fault": fault, "device": device}
+    cases[case](out, *[int(a) if a.isdigit() else a for a in sys.argv[3:]])

@@ -265,3 +265,20 @@ def test_a_failing_rank_ends_the_job_quickly(tmp_path, how, monkeypatch):
     else:
         assert "rank 0 of 2 failed" in said
         assert "waited more than 3 s (NUMBACONV_DIST_TIMEOUT)" in said
+
+
+@needs_mpi
+@pytest.mark.cuda
+def test_device_tensors_are_staged_through_the_host(tmp_path, monkeypatch):
+    """DDP and SyncBatchNorm on CUDA tensors (Numba's simulator here) give the CPU's values."""
+    launch("device", tmp_path, "cpu")
+    if os.environ.get("NUMBACONV_REAL_GPU") != "1":
+        monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    launch("device", tmp_path, "cuda")
+    for r in (0, 1):
+        cpu, gpu = (json.loads((tmp_path / f"device_{d}.{r}.json").read_text())
+                    for d in ("cpu", "cuda"))
+        assert gpu["device"] == "cuda" and gpu["mean"] == [1.5] * 3 == cpu["mean"]
+        for a, b in zip(gpu["grads"], cpu["grads"]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(gpu["running_var"], cpu["running_var"], rtol=1e-6)
