@@ -1,4 +1,5 @@
-"""Slow, obviously-correct NumPy versions of every kernel: the oracle of the tests.
+"""Slow, obviously-correct NumPy versions of every kernel: the oracle of the tests (convolution,
+pooling, LRN, upsampling, BatchNorm, softmax, the losses and the optimizer updates).
 
 Written for clarity, not speed: each function is the textbook definition (a loop over kernel
 taps or output windows), with no shared code with the optimised kernels. Arguments are already
@@ -212,3 +213,167 @@ def upsample_nearest2d(x, out_hw, scales):
     cols = np.minimum(np.floor(np.arange(out_hw[1], dtype=np.float32) * np.float32(scales[1]))
                       .astype(np.int64), w - 1)
     return x[:, :, rows][:, :, :, cols]
+
+
+# ------------------------------------------------------------------ normalisation
+
+
+def batch_norm_train(x, weight, bias, eps=1e-5):
+    """Training-mode BatchNorm over dims (0, 2, 3, ...): (y, batch mean, biased variance)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=axes)
+    var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
+    x_hat = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+    return x_hat * weight.reshape(shape) + bias.reshape(shape), mean, var
+
+
+def batch_norm_eval(x, running_mean, running_var, weight, bias, eps=1e-5):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    x_hat = (x - running_mean.reshape(shape)) / np.sqrt(running_var.reshape(shape) + eps)
+    return x_hat * weight.reshape(shape) + bias.reshape(shape)
+
+
+def batch_norm_train_grad(gy, x, weight, eps=1e-5):
+    """(dx, dweight, dbias) of training-mode BatchNorm, the statistics differentiated too:
+    dx = w / sqrt(var + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat))."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=axes)
+    var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
+    inv = 1.0 / np.sqrt(var + eps)
+    x_hat = (x - mean.reshape(shape)) * inv.reshape(shape)
+    m_dy = gy.mean(axis=axes).reshape(shape)
+    m_dy_xhat = (gy * x_hat).mean(axis=axes).reshape(shape)
+    gx = (weight * inv).reshape(shape) * (gy - m_dy - x_hat * m_dy_xhat)
+    return gx, (gy * x_hat).sum(axis=axes), gy.sum(axis=axes)
+
+
+def running_stats_update(running_mean, running_var, mean, var, count, momentum=0.1):
+    """PyTorch's update: the running variance takes the unbiased batch variance."""
+    return ((1 - momentum) * running_mean + momentum * mean,
+            (1 - momentum) * running_var + momentum * var * count / (count - 1))
+
+
+# ------------------------------------------------------------------ softmax
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax_grad(gy, y, axis=-1):
+    """Of y = softmax(x): dx = y * (dy - sum(dy * y))."""
+    return y * (gy - (gy * y).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_grad(gy, y, axis=-1):
+    """Of y = log_softmax(x): dx = dy - exp(y) * sum(dy)."""
+    return gy - np.exp(y) * gy.sum(axis=axis, keepdims=True)
+
+
+# ------------------------------------------------------------------ losses
+
+
+def nll_loss(logp, target, weight=None, ignore_index=-100, reduction="mean"):
+    """PyTorch's NLLLoss for (N, C) log-probabilities: -w[t_i] * logp[i, t_i] per row; the mean
+    divides by the summed weights of the rows not ignored."""
+    n, c = logp.shape
+    w = np.ones(c, logp.dtype) if weight is None else weight
+    rows = np.zeros(n, np.float64)
+    row_w = np.zeros(n, np.float64)
+    for i in range(n):
+        if target[i] == ignore_index:
+            continue
+        row_w[i] = w[target[i]]
+        rows[i] = -row_w[i] * logp[i, target[i]]
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / row_w.sum()
+
+
+def cross_entropy(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  reduction="mean"):
+    """PyTorch's CrossEntropyLoss with class weights and label smoothing: each row's loss is
+    (1 - s) * nll + s * mean over classes of -w[c] * logp[c]; the mean divides by the summed
+    weights of the targets not ignored."""
+    n, c = logits.shape
+    logp = log_softmax(logits.astype(np.float64), axis=1)
+    w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
+    rows = np.zeros(n)
+    denom = 0.0
+    for i in range(n):
+        if target[i] == ignore_index:
+            continue
+        denom += w[target[i]]
+        nll = -w[target[i]] * logp[i, target[i]]
+        smooth = -(w * logp[i]).sum() / c
+        rows[i] = (1 - label_smoothing) * nll + label_smoothing * smooth
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / denom
+
+
+def cross_entropy_grad(logits, target, weight=None, ignore_index=-100, label_smoothing=0.0):
+    """d(mean cross-entropy)/d(logits), written out: per row, for q the smoothed, weighted
+    target distribution, dL/dz = (sum(q) * softmax(z) - q) / (summed target weights)."""
+    n, c = logits.shape
+    p = softmax(logits.astype(np.float64), axis=1)
+    w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
+    g = np.zeros((n, c))
+    denom = 0.0
+    for i in range(n):
+        if target[i] == ignore_index:
+            continue
+        denom += w[target[i]]
+        q = label_smoothing * w / c
+        q[target[i]] += (1 - label_smoothing) * w[target[i]]
+        g[i] = q.sum() * p[i] - q
+    return g / denom if denom else g
+
+
+def mse_loss(x, y, reduction="mean"):
+    d = (x - y) ** 2
+    return d if reduction == "none" else d.sum() if reduction == "sum" else d.mean()
+
+
+# ------------------------------------------------------------------ optimizer updates
+
+
+def sgd_step(p, g, buf, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+    """One torch.optim.SGD step; ``buf`` None before the first. Returns (p, buf)."""
+    g = g + weight_decay * p
+    if momentum:
+        buf = g.copy() if buf is None else momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    return p - lr * g, buf
+
+
+def adam_step(p, g, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+              decoupled=False, vmax=None):
+    """One torch.optim.Adam (or, ``decoupled``, AdamW) step number ``step`` (from 1), with
+    AMSGrad where ``vmax`` is given. Returns (p, m, v, vmax)."""
+    b1, b2 = betas
+    if decoupled:
+        p = p * (1 - lr * weight_decay)
+    else:
+        g = g + weight_decay * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    denom_v = v
+    if vmax is not None:
+        vmax = np.maximum(vmax, v)
+        denom_v = vmax
+    m_hat = m / (1 - b1 ** step)
+    denom = np.sqrt(denom_v) / np.sqrt(1 - b2 ** step) + eps
+    return p - lr * m_hat / denom, m, v, vmax
