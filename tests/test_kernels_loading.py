@@ -13,7 +13,6 @@ from numbaconv.kernels.cpu import (
     conv,
     elementwise,
     loading,
-    lrn,
     norm,
     optim,
     pool,
@@ -23,7 +22,7 @@ from numbaconv.kernels.cpu import (
 
 import numbaconv.backend.cpu  # noqa: F401  (installs the release on the package's kernels)
 
-KERNEL_MODULES = (conv, elementwise, lrn, norm, optim, pool, random, winograd)
+KERNEL_MODULES = (conv, elementwise, norm, optim, pool, random, winograd)
 CPU_DIR = pathlib.Path(conv.__file__).parent
 
 

@@ -13,7 +13,6 @@ import numpy as np
 from ..kernels.cpu import conv as conv_k
 from ..kernels.cpu import elementwise as ew
 from ..kernels.cpu import loading, threads
-from ..kernels.cpu import lrn as lrn_k
 from ..kernels.cpu import norm as norm_k
 from ..kernels.cpu import optim as optim_k
 from ..kernels.cpu import pool as pool_k
@@ -21,7 +20,7 @@ from ..kernels.cpu import random as random_k
 from ..kernels.cpu import winograd as winograd_k
 
 # kernels loaded from Numba's cache drop the LLVM module kept only for linking (see loading.py)
-loading.release_linking_modules(conv_k, ew, lrn_k, norm_k, optim_k, pool_k, random_k,
+loading.release_linking_modules(conv_k, ew, norm_k, optim_k, pool_k, random_k,
                                 winograd_k)
 
 _UNARY = {
@@ -450,7 +449,7 @@ class CPUBackend:
         y = np.empty(x3.shape, dtype=x.dtype)
         scale = np.empty(x3.shape, dtype=x.dtype)
         t = x.dtype.type
-        lrn_k.lrn_forward(x3, int(size), t(alpha), t(beta), t(k), y, scale)
+        norm_k.local_response_norm(x3, int(size), t(alpha), t(beta), t(k), y, scale)
         return y.reshape(shape), scale.reshape(shape)
 
     def local_response_norm_backward(self, gy, x, y, scale, size, alpha, beta, k):
@@ -460,8 +459,8 @@ class CPUBackend:
         gx = np.empty(as3(x).shape, dtype=x.dtype)
         work = np.empty_like(gx)
         t = x.dtype.type
-        lrn_k.lrn_backward(as3(gy), as3(x), as3(y), as3(scale), int(size), t(alpha), t(beta),
-                           gx, work)
+        norm_k.local_response_norm_backward(as3(gy), as3(x), as3(y), as3(scale), int(size),
+                                            t(alpha), t(beta), gx, work)
         return gx.reshape(shape)
 
     # ------------------------------------------------------------ normalisation and dropout

@@ -5,15 +5,8 @@ of its input tensors.
 """
 
 from .conv import conv2d, conv_transpose2d
-from .nn import (
-    batch_norm,
-    cross_entropy,
-    dropout,
-    linear,
-    mse_loss,
-    nll_loss,
-    sync_batch_norm,
-)
+from .nn import cross_entropy, dropout, linear, mse_loss, nll_loss
+from .norm import batch_norm, local_response_norm, sync_batch_norm
 from .ops import (
     abs,
     add,
@@ -66,7 +59,6 @@ from .pool import (
     adaptive_max_pool2d,
     avg_pool2d,
     interpolate,
-    local_response_norm,
     max_pool2d,
 )
 

@@ -1,4 +1,4 @@
-"""Pooling, local response normalisation and nearest-neighbour upsampling.
+"""Pooling (max, average, adaptive) and nearest-neighbour upsampling.
 
 Output sizes follow PyTorch exactly::
 
@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from ..autograd import Function
-from ..tensor import Tensor, is_floating
+from ..tensor import Tensor
 from ._args import check_input4d, pair, pool_output_size
 
 
@@ -60,18 +60,6 @@ class AdaptiveMaxPool2d(Function):
 
     def backward(self, g):
         return (self.backend.adaptive_max_pool2d_backward(g, self.idx, self.in_shape),)
-
-
-class LocalResponseNorm(Function):
-    def forward(self, x, *, size, alpha, beta, k):
-        y, scale = self.backend.local_response_norm(x, size, alpha, beta, k)
-        self.save(x, y, scale)
-        self.args = (size, alpha, beta, k)
-        return y
-
-    def backward(self, g):
-        x, y, scale = self.saved
-        return (self.backend.local_response_norm_backward(g, x, y, scale, *self.args),)
 
 
 class UpsampleNearest2d(Function):
@@ -162,35 +150,6 @@ def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)
     return (y, idx) if return_indices else y
-
-
-def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
-                        k: float = 1.0) -> Tensor:
-    """Local response normalisation across channels, exactly as PyTorch defines it::
-
-        y[n,c] = x[n,c] / (k + alpha/size * sum_{c' in window(c)} x[n,c']^2) ** beta
-
-    with the window ``c - size//2 .. c + (size-1)//2`` zero-padded at the edges: alpha multiplies
-    the *mean* of the squares. AlexNet (Krizhevsky et al., 2012) writes the same thing with the
-    sum, ``b = a / (k + alpha' * sum a^2) ** beta`` and alpha' = 1e-4, n = 5, k = 2, beta = 0.75;
-    so the paper's layer is ``local_response_norm(x, 5, alpha=5e-4, beta=0.75, k=2.0)``.
-    """
-    if not isinstance(input, Tensor):
-        raise TypeError(f"local_response_norm(): input must be a Tensor, got "
-                        f"{type(input).__name__}")
-    if not is_floating(input.dtype):
-        raise TypeError(f"local_response_norm(): input must be floating point, got "
-                        f"{input.dtype}")
-    if input.ndim < 3:
-        raise ValueError(f"local_response_norm(): input must be at least 3-D (N, C, ...), got "
-                         f"shape {input.shape}")
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"local_response_norm(): size={size!r} must be a positive int")
-    for name, v in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"local_response_norm(): {name}={v!r} must be a finite number")
-    return LocalResponseNorm.apply(input, size=int(size), alpha=float(alpha), beta=float(beta),
-                                   k=float(k))
 
 
 def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
