@@ -13,6 +13,7 @@ from numbaconv.kernels.cpu import (
     conv,
     elementwise,
     loading,
+    matmul,
     norm,
     optim,
     pool,
@@ -22,7 +23,7 @@ from numbaconv.kernels.cpu import (
 
 import numbaconv.backend.cpu  # noqa: F401  (installs the release on the package's kernels)
 
-KERNEL_MODULES = (conv, elementwise, norm, optim, pool, random, winograd)
+KERNEL_MODULES = (conv, elementwise, matmul, norm, optim, pool, random, winograd)
 CPU_DIR = pathlib.Path(conv.__file__).parent
 
 
@@ -98,3 +99,30 @@ def test_kernel_loaded_from_cache_drops_its_module_and_still_runs(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("loadme_kernel", None)
+
+
+def test_the_cpu_kernel_modules_import_each_other_without_a_circle():
+    """Every import between kernels/cpu modules, at module level or inside a function,
+    points one way: the graph has no cycle."""
+    graph = {}
+    for path in CPU_DIR.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= ({node.module.split(".")[0]} if node.module
+                         else {a.name for a in node.names})
+        graph[path.stem] = deps
+    state = {}
+
+    def visit(name, trail):
+        if state.get(name) == "done":
+            return
+        assert state.get(name) != "open", f"import circle: {' -> '.join(trail + [name])}"
+        state[name] = "open"
+        for dep in graph.get(name, ()):
+            visit(dep, trail + [name])
+        state[name] = "done"
+
+    for name in graph:
+        visit(name, [])
+    assert graph["matmul"] >= {"blas", "threads"} and "conv" not in graph["threads"]

@@ -20,6 +20,8 @@ import ctypes
 import numpy as np
 from numba import njit, types
 
+from .threads import blas_threads
+
 # names the kernels link against
 SGEMM = "numbaconv_cblas_sgemm"
 DGEMM = "numbaconv_cblas_dgemm"
@@ -31,9 +33,7 @@ _state = {"ready": None}
 
 
 def _find():
-    from .threads import blas
-
-    for lib in blas._find():  # the BLAS libraries NumPy loaded, through threadpoolctl
+    for lib in blas_threads._find():  # the BLAS libraries NumPy loaded, through threadpoolctl
         if lib.internal_api != "openblas":
             continue
         try:
@@ -62,9 +62,9 @@ def ready() -> bool:
 
 
 # NumPy's own CBLAS ?gemm (64-bit integers), registered under these names by ready(). The
-# kernels of conv.py and winograd.py inline gemm_at; Numba's on-disk cache checks only the
-# file of each kernel, so after editing gemm_at, delete kernels/cpu/__pycache__ (their cached
-# machine code would keep the old version).
+# kernels of conv.py, matmul.py and winograd.py inline gemm_at; Numba's on-disk cache checks
+# only the file of each kernel, so after editing gemm_at, delete kernels/cpu/__pycache__
+# (their cached machine code would keep the old version).
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
 _sgemm = types.ExternalFunction(SGEMM, types.void(
     types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float32,

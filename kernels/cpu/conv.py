@@ -53,7 +53,7 @@ from numba import njit, prange
 from . import blas as blas_k
 from . import winograd
 from .blas import gemm, gemm_at
-from .threads import blas, pool, split, task_ranges, workspace
+from .threads import blas_threads, pool, split, task_ranges, workspace
 
 _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 # a zero typed int64 where a literal 0 would make Numba compile a helper a second time, for
@@ -443,20 +443,6 @@ def nchw_to_columns(gy3, n0, n_img, o0, pitch, m, oh_n, ow_n, out):
                 if oh < oh_n - 1:
                     for ow in range(ow_n, pitch):
                         out[o, dst + ow] = zero
-
-
-@njit(**_opts)
-def matmul_rows(a, trans_a, b, trans_b, ranges, out):
-    """out = op(a) @ op(b) for C-contiguous 2-D ``a``, ``b`` (op transposes where asked), task
-    t computing the output rows ranges[t]: the backend's large matrix products (fully
-    connected layers), on Numba's threads like the convolutions."""
-    m, n = out.shape
-    k = a.shape[0] if trans_a else a.shape[1]
-    for t in prange(ranges.shape[0]):
-        r0, r1 = ranges[t, 0], ranges[t, 1]
-        # rows r0:r1 of op(a): rows of a, or (transposed) its columns
-        gemm_at(trans_a, trans_b, r1 - r0, n, k, a, r0 if trans_a else r0 * a.shape[1],
-                 a.shape[1], b, 0, b.shape[1], 0, out, r0 * n, n)
 
 
 @njit(**_opts)
@@ -1510,7 +1496,7 @@ def _implicit_conv(x, w, b, stride, padding, dilation, groups, y):
     has_bias = b is not None
     bias = np.ascontiguousarray(b) if has_bias else np.zeros(1, x.dtype)
     n_img = x.shape[0]
-    with blas.single_thread():
+    with blas_threads.single_thread():
         implicit_forward(x, wt, trans, bias, has_bias, kh, kw, stride[0], stride[1],
                          padding[0], padding[1], dilation[0], dilation[1], task_ranges(n_img),
                          y.reshape(n_img, n_out, y.shape[2] * y.shape[3]))
@@ -1535,7 +1521,7 @@ def _implicit_input(gy, w, padding, dilation, groups, gx):
                               .transpose((0, 3, 4, 1, 2) if trans else (0, 3, 4, 2, 1))
                               .reshape((groups, kh * kw) + ((og, cg) if trans else (cg, og))))
     n_img = gy.shape[0]
-    with blas.single_thread():
+    with blas_threads.single_thread():
         implicit_forward(gy, wt, trans, np.zeros(1, gy.dtype), False, kh, kw, 1, 1, qh, qw, dh,
                          dw, task_ranges(n_img), gx.reshape(n_img, gx.shape[1], -1))
     return True
@@ -1558,7 +1544,7 @@ def _implicit_strided_input(gy, w, stride, padding, dilation, groups, gx):
     wt = np.ascontiguousarray(w.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 1, 2)
                               .reshape(groups, kh * kw, og, cg))
     n_img = gy.shape[0]
-    with blas.single_thread():
+    with blas_threads.single_thread():
         implicit_grad_input(gy.reshape(n_img, n_out, -1), wt, kh, kw, *stride, *padding,
                             *dilation, gy.shape[2], gy.shape[3], task_ranges(n_img), gx)
     return True
@@ -1712,7 +1698,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         w_aug[:, :, kk] = np.asarray(b).reshape(groups, og)
     y3 = y.reshape(n_img, n_out, oh_n * ow_n)
     if blas_k.ready():  # all on Numba's threads, BLAS called from the kernel
-        with blas.single_thread():
+        with blas_threads.single_thread():
             rows = oh_n if plan.flat else _gemm_rows(og, kk + 1, oh_n, ow_n)
             if rows < oh_n:
                 gemm_forward_rows(x, w_aug, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n, rows,
@@ -1828,7 +1814,7 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
                                  False, x_shape)[0]
         ranges = task_ranges(n_img)
         parts = np.zeros((len(ranges), groups, kk + 1, og), dtype=dtype)
-        with blas.single_thread():
+        with blas_threads.single_thread():
             if implicit_w:
                 implicit_grad_weight(gy3, x, groups, kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,
                                      ranges, parts)
@@ -1846,7 +1832,7 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, need_input, nee
         parts = np.zeros((len(ranges) if want_params else 1, groups, kk + 1, og), dtype=dtype)
         dummy = np.zeros((1, 1, 1, 1), dtype=dtype)
         rows = oh_n if plan.flat else _gemm_rows(og, kk + 1, oh_n, ow_n)
-        with blas.single_thread():
+        with blas_threads.single_thread():
             if want_params:
                 gemm_backward(gy3, x if need_weight else dummy, w2, x_shape[1], x_shape[2],
                               x_shape[3], kh, kw, sh, sw, ph, pw, dh, dw, oh_n, ow_n,

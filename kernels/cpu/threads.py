@@ -92,7 +92,7 @@ class _OneThread:
         return False
 
 
-blas = _Blas()
+blas_threads = _Blas()  # NumPy's BLAS threads (the module blas.py calls BLAS itself)
 
 
 class _Pool:
@@ -105,12 +105,12 @@ class _Pool:
     def workers(self, n_items: int) -> int:
         import numba
 
-        if not blas.controllable:
+        if not blas_threads.controllable:
             return 1
         return max(1, min(numba.get_num_threads(), n_items))
 
     def map(self, fn, ranges):
-        with blas.single_thread():
+        with blas_threads.single_thread():
             if len(ranges) == 1:
                 return [fn(*ranges[0])]
             from concurrent.futures import ThreadPoolExecutor
@@ -140,43 +140,3 @@ def task_ranges(n_img: int) -> np.ndarray:
     import numba
 
     return np.array(split(n_img, min(numba.get_num_threads(), n_img)), dtype=np.int64)
-
-
-def _base(a):
-    """(C-contiguous array, transposed?) such that a == array or array.T."""
-    if a.flags.c_contiguous:
-        return a, False
-    if a.T.flags.c_contiguous:
-        return a.T, True
-    return np.ascontiguousarray(a), False
-
-
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """np.matmul with BLAS on one thread; large products split their rows between threads:
-    Numba's, calling BLAS from a kernel where it can (see conv.matmul_rows; from 2^18
-    multiply-adds, LeNet-5's fully connected layers), else the pool's (from 2^22)."""
-    if a.ndim == 2 and b.ndim == 2 and a.shape[0] >= 64:
-        from . import blas as blas_k
-        from . import conv as conv_k  # here: conv imports this module
-
-        size = a.shape[0] * a.shape[1] * b.shape[1]
-        dtype = np.result_type(a, b)
-        if size >= (1 << 18) and a.dtype == b.dtype == dtype and \
-                dtype in (np.float32, np.float64) and blas_k.ready():
-            out = np.empty((a.shape[0], b.shape[1]), dtype=dtype)
-            (a0, ta), (b0, tb) = _base(a), _base(b)
-            parts = min(max(1, a.shape[0] // 32), conv_k.numba.get_num_threads())
-            with blas.single_thread():
-                conv_k.matmul_rows(a0, ta, b0, tb, np.array(split(a.shape[0], parts),
-                                                             dtype=np.int64), out)
-            return out
-        if size >= (1 << 22):
-            out = np.empty((a.shape[0], b.shape[1]), dtype=dtype)
-
-            def work(lo, hi):
-                np.matmul(a[lo:hi], b, out=out[lo:hi])
-
-            pool.map(work, split(a.shape[0], pool.workers(a.shape[0] // 32)))
-            return out
-    with blas.single_thread():
-        return np.matmul(a, b)

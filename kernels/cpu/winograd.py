@@ -47,7 +47,7 @@ from numba import njit, prange
 
 from . import blas as blas_k
 from .blas import gemm_at
-from .threads import blas, task_ranges
+from .threads import blas_threads, task_ranges
 
 _opts = dict(parallel=True, cache=True, fastmath={"contract"})
 _serial = dict(cache=True, nogil=True, fastmath={"contract"})
@@ -460,7 +460,7 @@ def _forward(x, wu, b, padding, y):
     bias_row = np.tile(b, tw) if b is not None else np.zeros(tw * n_out, dtype=x.dtype)
     block, rows = _chunks((oh_n + 1) // 2, tw, _TARGET)
     group = _group(x.shape[1], x.shape[2] * x.shape[3] * x.itemsize)
-    with blas.single_thread():
+    with blas_threads.single_thread():
         winograd_forward(x, wu, bias_row, padding[0], padding[1], block, rows, group,
                          _out_group(n_out, oh_n * ow_n * x.itemsize), task_ranges(n_img), y)
 
@@ -474,7 +474,7 @@ def grad_weight(gy, x, padding, groups, need_bias):
     parts = np.zeros((len(ranges), 16, groups, cg, og), dtype=x.dtype)
     db_parts = np.zeros((len(ranges), n_out), dtype=x.dtype)
     block, rows = _chunks((oh_n + 1) // 2, (ow_n + 1) // 2, _TARGET)
-    with blas.single_thread():
+    with blas_threads.single_thread():
         winograd_grad_weight(gy, x, padding[0], padding[1], block, rows,
                              _group(x.shape[1], x.shape[2] * x.shape[3] * x.itemsize),
                              _group(n_out, oh_n * ow_n * x.itemsize), ranges, parts, db_parts)

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..kernels.cpu import conv as conv_k
 from ..kernels.cpu import elementwise as ew
-from ..kernels.cpu import loading, threads
+from ..kernels.cpu import loading
+from ..kernels.cpu import matmul as matmul_k
 from ..kernels.cpu import norm as norm_k
 from ..kernels.cpu import optim as optim_k
 from ..kernels.cpu import pool as pool_k
@@ -20,7 +21,7 @@ from ..kernels.cpu import random as random_k
 from ..kernels.cpu import winograd as winograd_k
 
 # kernels loaded from Numba's cache drop the LLVM module kept only for linking (see loading.py)
-loading.release_linking_modules(conv_k, ew, norm_k, optim_k, pool_k, random_k,
+loading.release_linking_modules(conv_k, ew, matmul_k, norm_k, optim_k, pool_k, random_k,
                                 winograd_k)
 
 _UNARY = {
@@ -281,7 +282,7 @@ class CPUBackend:
 
     # ------------------------------------------------------------ linear algebra
     def matmul(self, a, b):
-        return threads.matmul(a, b)
+        return matmul_k.matmul(a, b)
 
     @staticmethod
     def storage(a):
