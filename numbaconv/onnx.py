@@ -33,6 +33,8 @@ class _Tracer:
         self.helper = helper
         self.nodes, self.initializers = [], []
         self.names: dict[int, str] = {id(input_tensor): "input"}
+        # the values that depend on the input; an op on none of them is folded into a constant
+        self.dynamic: set[int] = {id(input_tensor)}
         self.keep = [input_tensor]  # the ids above stay valid while these live
         self.params = {}
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
@@ -67,6 +69,7 @@ class _Tracer:
     def output(self, t: Tensor, hint: str) -> str:
         name = self.fresh(hint)
         self.names[id(t)] = name
+        self.dynamic.add(id(t))
         self.keep.append(t)
         return name
 
@@ -93,6 +96,8 @@ class _Tracer:
     def on_function(self, cls, inputs, params, result):
         if self.suppress:
             return
+        if not any(isinstance(t, Tensor) and id(t) in self.dynamic for t in inputs):
+            return  # constant folding: the result becomes an initializer where it is used
         convert = _CONVERTERS.get(cls.__name__)
         if convert is None:
             raise ValueError(f"numbaconv.onnx.export(): the op {cls.__name__} has no ONNX "

@@ -284,6 +284,31 @@ def test_every_zoo_model_exports_to_onnx_and_runs_in_onnxruntime(tmp_path, name)
         assert _rel(got, want) <= 1e-5
 
 
+def test_onnx_export_folds_what_does_not_depend_on_the_input(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    class Scaled(nc.nn.Module):  # ops on parameters and constants only: folded, even GetItem
+        def __init__(self):
+            super().__init__()
+            self.conv = nc.nn.Conv2d(3, 4, 3)
+            self.gain = nc.nn.Parameter(nc.rand(6))
+
+        def forward(self, x):
+            scale = (self.gain[:3] * 2).reshape(1, 3, 1, 1)
+            return self.conv(x * scale + nc.tensor([0.1, 0.2, 0.3]).reshape(1, 3, 1, 1))
+
+    model = Scaled()
+    path = tmp_path / "s.onnx"
+    nc.onnx.export(model, nc.rand(2, 3, 8, 8), path)
+    proto = onnx.load(path)
+    ops = [n.op_type for n in proto.graph.node if n.op_type != "Identity"]
+    assert ops == ["Mul", "Add", "Conv"]
+    x = np.random.default_rng(0).random((3, 3, 8, 8), dtype=np.float32)
+    got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    assert _rel(got, model(nc.tensor(x)).numpy()) <= 1e-6
+
+
 def test_onnx_export_names_what_it_cannot_express(tmp_path):
     pytest.importorskip("onnx")
 
