@@ -1,9 +1,14 @@
-"""Operator overloads and op methods of :class:`Tensor`, all delegating to ``functional.ops``."""
+"""Operator overloads and op methods of :class:`Tensor`, delegating to ``numbaconv.functional``."""
 
 from __future__ import annotations
 
 from .autograd import mark_written
-from .functional import ops as F
+
+# the op families' modules themselves: this runs while numbaconv.functional is still importing
+from .functional import elementwise as E
+from .functional import layout as L
+from .functional import linalg as LA
+from .functional import reduce as R
 from .tensor import Tensor
 
 
@@ -12,26 +17,26 @@ def _r(fn):
 
 
 _methods = {
-    "__add__": F.add, "__radd__": _r(F.add),
-    "__sub__": F.sub, "__rsub__": _r(F.sub),
-    "__mul__": F.mul, "__rmul__": _r(F.mul),
-    "__truediv__": F.div, "__rtruediv__": _r(F.div),
-    "__pow__": F.pow, "__rpow__": _r(F.pow),
-    "__matmul__": F.matmul, "__rmatmul__": _r(F.matmul),
-    "__neg__": F.neg, "__abs__": F.abs,
-    "__eq__": F.eq, "__ne__": F.ne, "__lt__": F.lt, "__le__": F.le,
-    "__gt__": F.gt, "__ge__": F.ge,
-    "__getitem__": F.getitem,
-    "add": F.add, "sub": F.sub, "mul": F.mul, "div": F.div, "pow": F.pow,
-    "matmul": F.matmul, "neg": F.neg, "abs": F.abs, "exp": F.exp, "log": F.log,
-    "sqrt": F.sqrt, "tanh": F.tanh, "sigmoid": F.sigmoid, "relu": F.relu,
-    "maximum": F.maximum, "minimum": F.minimum,
-    "sum": F.sum, "mean": F.mean, "max": F.max, "min": F.min, "amax": F.amax, "amin": F.amin,
-    "argmax": F.argmax, "argmin": F.argmin,
-    "reshape": F.reshape, "view": F.view, "flatten": F.flatten, "permute": F.permute,
-    "transpose": F.transpose, "unsqueeze": F.unsqueeze, "squeeze": F.squeeze,
-    "expand": F.expand, "softmax": F.softmax, "log_softmax": F.log_softmax,
-    "eq": F.eq, "ne": F.ne, "lt": F.lt, "le": F.le, "gt": F.gt, "ge": F.ge,
+    "__add__": E.add, "__radd__": _r(E.add),
+    "__sub__": E.sub, "__rsub__": _r(E.sub),
+    "__mul__": E.mul, "__rmul__": _r(E.mul),
+    "__truediv__": E.div, "__rtruediv__": _r(E.div),
+    "__pow__": E.pow, "__rpow__": _r(E.pow),
+    "__matmul__": LA.matmul, "__rmatmul__": _r(LA.matmul),
+    "__neg__": E.neg, "__abs__": E.abs,
+    "__eq__": E.eq, "__ne__": E.ne, "__lt__": E.lt, "__le__": E.le,
+    "__gt__": E.gt, "__ge__": E.ge,
+    "__getitem__": L.getitem,
+    "add": E.add, "sub": E.sub, "mul": E.mul, "div": E.div, "pow": E.pow,
+    "matmul": LA.matmul, "neg": E.neg, "abs": E.abs, "exp": E.exp, "log": E.log,
+    "sqrt": E.sqrt, "tanh": E.tanh, "sigmoid": E.sigmoid, "relu": E.relu,
+    "maximum": E.maximum, "minimum": E.minimum,
+    "sum": R.sum, "mean": R.mean, "max": R.max, "min": R.min, "amax": R.amax, "amin": R.amin,
+    "argmax": R.argmax, "argmin": R.argmin,
+    "reshape": L.reshape, "view": L.view, "flatten": L.flatten, "permute": L.permute,
+    "transpose": L.transpose, "unsqueeze": L.unsqueeze, "squeeze": L.squeeze,
+    "expand": L.expand, "softmax": E.softmax, "log_softmax": E.log_softmax,
+    "eq": E.eq, "ne": E.ne, "lt": E.lt, "le": E.le, "gt": E.gt, "ge": E.ge,
 }
 
 for _name, _fn in _methods.items():
@@ -41,7 +46,7 @@ Tensor.__hash__ = object.__hash__  # __eq__ is elementwise, identity stays the h
 
 
 def _view_as(self, other):
-    return F.view(self, other.shape)
+    return L.view(self, other.shape)
 
 
 def _iter(self):
@@ -52,7 +57,7 @@ def _iter(self):
 
 
 Tensor.view_as = _view_as
-Tensor.reshape_as = lambda self, other: F.reshape(self, other.shape)
+Tensor.reshape_as = lambda self, other: L.reshape(self, other.shape)
 Tensor.__iter__ = _iter
 
 
@@ -80,14 +85,14 @@ def _inplace(name, fn):
     return method
 
 
-for _name, _fn in (("add_", F.add), ("sub_", F.sub), ("mul_", F.mul), ("div_", F.div)):
+for _name, _fn in (("add_", E.add), ("sub_", E.sub), ("mul_", E.mul), ("div_", E.div)):
     setattr(Tensor, _name, _inplace(_name, _fn))
     setattr(Tensor, "__i" + _name[:-1].replace("div", "truediv") + "__", _inplace(_name, _fn))
 
 
 def _copy_(self, src):
     """Copy ``src``'s values into this tensor (same shape, dtype and device)."""
-    return _inplace("copy_", lambda a, b: b if isinstance(b, Tensor) else F.add(a * 0, b))(
+    return _inplace("copy_", lambda a, b: b if isinstance(b, Tensor) else E.add(a * 0, b))(
         self, src)
 
 
@@ -105,7 +110,7 @@ def _setitem(self, index, value):
         raise RuntimeError("__setitem__: in-place assignment to a tensor that requires grad "
                            "would corrupt its graph; do it inside numbaconv.no_grad()")
     parts = index if isinstance(index, tuple) else (index,)
-    parts = tuple(F._index_part(p, self.device) for p in parts)
+    parts = tuple(L._index_part(p, self.device) for p in parts)
     if isinstance(value, Tensor):
         if value.device != self.device:
             raise RuntimeError(f"__setitem__: value is on {value.device!r}, tensor on "

@@ -62,6 +62,41 @@ def is_floating(dtype) -> bool:
     return np.dtype(dtype).kind == "f"
 
 
+# The three ops a Tensor's own methods need (.type, .clone, .to): here, so that tensor.py never
+# imports from the layers above it. Every other op is in numbaconv.functional.
+
+
+class Cast(autograd.Function):
+    def forward(self, x, dtype):
+        self.src = x.dtype
+        return self.backend.astype(x, dtype)
+
+    def backward(self, g):
+        if not is_floating(self.src):
+            return (None,)
+        return (self.backend.astype(g, self.src),)
+
+
+class Clone(autograd.Function):
+    def forward(self, x):
+        return self.backend.astype(x, x.dtype)
+
+    def backward(self, g):
+        return (g,)
+
+
+class ToDevice(autograd.Function):
+    """An explicit copy between devices (through host memory); the gradient goes back."""
+
+    def forward(self, x, device):
+        self.out_device = device
+        self.dst_backend = get_backend(device)
+        return self.dst_backend.asarray(self.backend.to_numpy(x), x.dtype)
+
+    def backward(self, g):
+        return (self.backend.asarray(self.dst_backend.to_numpy(g), g.dtype),)
+
+
 class Tensor:
     """An n-dimensional array on one device, recorded on the autograd tape when it needs to be.
 
@@ -188,8 +223,6 @@ class Tensor:
         if device is not None:
             target = parse_device(device)
             if target != out.device:
-                from .functional.math import ToDevice
-
                 out = ToDevice.apply(out, device=target)
         return out
 
@@ -203,8 +236,6 @@ class Tensor:
         dt = _as_dtype(dtype)
         if dt == self.dtype:
             return self
-        from .functional.math import Cast
-
         return Cast.apply(self, dtype=dt)
 
     def float(self) -> Tensor:
@@ -260,8 +291,6 @@ class Tensor:
         return self
 
     def clone(self) -> Tensor:
-        from .functional.math import Clone
-
         return Clone.apply(self)
 
     def contiguous(self) -> Tensor:

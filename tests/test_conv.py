@@ -226,6 +226,7 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
     the channel counts; products plain or transposed): forward and all gradients."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
+    from numbaconv.kernels.cpu.conv import implicit, plan
 
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
@@ -234,8 +235,8 @@ def test_implicit_gemm_matches_reference_on_random_configs(dtype, tol, cfg, seed
     x, w, b = _arrays(cfg, rng, dtype)
     args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ck, "_use_implicit", lambda stride, cg, og: stride == (1, 1))
-        mp.setattr(ck, "_implicit_trans", lambda *a: trans)
+        mp.setattr(plan, "use_implicit", lambda stride, cg, og: stride == (1, 1))
+        mp.setattr(implicit, "transposed", lambda *a: trans)
         y = ck.conv2d_forward(x, w, b, *args)
         gy = rng.standard_normal(y.shape).astype(dtype)
         grads = ck.conv2d_backward(gy, x, w, *args, True, True, True)
@@ -246,9 +247,10 @@ def _forced_winograd(mp, target, all_at_once):
     """Route every 3x3 stride-1 convolution through F(2x2, 3x3), ``target`` tiles per set of
     products (1 or 2: tile rows of one image; larger: whole images), with all channels read
     and written at once, pixel by pixel, or two at a time."""
-    from numbaconv.kernels.cpu import winograd as wg
+    from numbaconv.kernels.cpu.conv import plan
+    from numbaconv.kernels.cpu.conv import winograd as wg
 
-    mp.setattr(wg, "use_winograd", lambda kh, kw, stride, dilation, *a, **k:
+    mp.setattr(plan, "use_winograd", lambda kh, kw, stride, dilation, *a, **k:
                (kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1))
     mp.setattr(wg, "_TARGET", target)
     mp.setattr(wg, "_out_group", lambda n_out, plane_bytes: n_out if all_at_once else 2)
@@ -296,12 +298,13 @@ def test_winograd_dispatch_matches_reference(xs, o, p, g, dtype, monkeypatch):
     their real channel counts, in sets of many tile rows or of one (target 8), through the
     Tensor API: values and all gradients against the reference."""
     from numbaconv.kernels.cpu import blas as blas_k
-    from numbaconv.kernels.cpu import winograd as wg
+    from numbaconv.kernels.cpu.conv import plan
+    from numbaconv.kernels.cpu.conv import winograd as wg
 
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
     cg, og = xs[1] // g, o // g
-    assert wg.use_winograd(3, 3, (1, 1), (1, 1), cg, og, weight=True)
+    assert plan.use_winograd(3, 3, (1, 1), (1, 1), cg, og, weight=True)
     rng = np.random.default_rng(sum(xs) + o)
     x = rng.standard_normal(xs).astype(dtype)
     w = (rng.standard_normal((o, cg, 3, 3)) / np.sqrt(9 * cg)).astype(dtype)
@@ -332,6 +335,7 @@ def test_implicit_strided_forward_matches_reference_on_random_configs(dtype, tol
     (forced, whatever the channel counts; forward products plain or transposed)."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
+    from numbaconv.kernels.cpu.conv import implicit, plan
 
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
@@ -341,13 +345,13 @@ def test_implicit_strided_forward_matches_reference_on_random_configs(dtype, tol
     x, w, b = _arrays(cfg, rng, dtype)
     args = (cfg["s"], cfg["p"], cfg["d"], cfg["g"])
     calls = []
-    kernel, input_kernel = ck.implicit_forward, ck.implicit_grad_input
+    kernel, input_kernel = implicit.implicit_forward, implicit.implicit_grad_input
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ck, "_use_implicit_strided", lambda stride, *a: stride != (1, 1))
-        mp.setattr(ck, "_use_implicit_input_strided", lambda stride, *a: stride != (1, 1))
-        mp.setattr(ck, "_implicit_trans", lambda *a: trans)
-        mp.setattr(ck, "implicit_forward", lambda *a: calls.append(1) or kernel(*a))
-        mp.setattr(ck, "implicit_grad_input", lambda *a: calls.append(2) or input_kernel(*a))
+        mp.setattr(plan, "use_implicit_strided", lambda stride, *a: stride != (1, 1))
+        mp.setattr(plan, "use_implicit_input_strided", lambda stride, *a: stride != (1, 1))
+        mp.setattr(implicit, "transposed", lambda *a: trans)
+        mp.setattr(implicit, "implicit_forward", lambda *a: calls.append(1) or kernel(*a))
+        mp.setattr(implicit, "implicit_grad_input", lambda *a: calls.append(2) or input_kernel(*a))
         for bias in (b, None):
             y = ck.conv2d_forward(x, w, bias, *args)
             scale = np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max() + 1
@@ -369,12 +373,13 @@ def test_implicit_strided_forward_cases(trans, monkeypatch):
     with a 5x5 kernel, dilation, groups, odd sizes, one image."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
+    from numbaconv.kernels.cpu.conv import implicit, plan
 
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
-    monkeypatch.setattr(ck, "_use_implicit_strided", lambda stride, *a: stride != (1, 1))
-    monkeypatch.setattr(ck, "_use_implicit_input_strided", lambda stride, *a: stride != (1, 1))
-    monkeypatch.setattr(ck, "_implicit_trans", lambda *a: trans)
+    monkeypatch.setattr(plan, "use_implicit_strided", lambda stride, *a: stride != (1, 1))
+    monkeypatch.setattr(plan, "use_implicit_input_strided", lambda stride, *a: stride != (1, 1))
+    monkeypatch.setattr(implicit, "transposed", lambda *a: trans)
     rng = np.random.default_rng(5)
     cases = [((3, 16, 12, 12), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
              ((2, 16, 13, 11), (16, 16, 3, 3), (2, 2), (0, 0), (1, 1), 1),
@@ -430,19 +435,20 @@ def test_im2col_gemm_path_matches_reference(blas_in_kernel, blocks, budget, dtyp
     without, whole images through gemm_backward."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
+    from numbaconv.kernels.cpu.conv import gemm, plan
 
     if blas_in_kernel and not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
     monkeypatch.setitem(blas_k._state, "ready", blas_in_kernel and blas_k.ready())
-    monkeypatch.setattr(ck, "_COLUMN_BUDGET", budget)
-    monkeypatch.setattr(ck, "_MIN_COLUMNS", 1)
-    monkeypatch.setattr(ck, "_gemm_rows", lambda og, kk1, oh, ow: 2 if blocks else oh)
-    monkeypatch.setattr(ck, "_grad_weight_block",
+    monkeypatch.setattr(gemm, "COLUMN_BUDGET", budget)
+    monkeypatch.setattr(gemm, "MIN_COLUMNS", 1)
+    monkeypatch.setattr(gemm, "gemm_rows", lambda og, kk1, oh, ow: 2 if blocks else oh)
+    monkeypatch.setattr(gemm, "grad_weight_block",
                         lambda flat, m, ow: (5 if flat else 2) if blocks else 0)
-    weight_kernel, blocked = ck.gemm_grad_weight, []
-    monkeypatch.setattr(ck, "gemm_grad_weight", lambda *a: blocked.append(1) or weight_kernel(*a))
-    for name in ("_use_implicit", "_use_flat", "_use_flat_input", "_use_flat_params"):
-        monkeypatch.setattr(ck, name, lambda *a: False)
+    weight_kernel, blocked = gemm.gemm_grad_weight, []
+    monkeypatch.setattr(gemm, "gemm_grad_weight", lambda *a: blocked.append(1) or weight_kernel(*a))
+    for name in ("use_implicit", "use_flat", "use_flat_input", "use_flat_params"):
+        monkeypatch.setattr(plan, name, lambda *a: False)
     rng = np.random.default_rng(7)
     cases = [((5, 6, 9, 8), (8, 3, 3, 3), (1, 1), (1, 1), (1, 1), 2),   # flat layout, groups
              ((3, 4, 11, 10), (6, 4, 3, 2), (2, 3), (1, 0), (1, 2), 1),  # strided, dilated
@@ -476,16 +482,17 @@ def test_implicit_weight_gradient_matches_reference(dtype, monkeypatch):
     weight and bias gradients, with and without the input gradient."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
+    from numbaconv.kernels.cpu.conv import implicit, plan
 
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
     calls = []
-    kernel = ck.implicit_grad_weight
-    monkeypatch.setattr(ck, "implicit_grad_weight",
+    kernel = implicit.implicit_grad_weight
+    monkeypatch.setattr(implicit, "implicit_grad_weight",
                         lambda *a: calls.append(a[1].shape) or kernel(*a))
-    monkeypatch.setattr(ck, "_use_implicit_weight", lambda *a: True)
-    for name in ("_use_flat_params", "_use_direct"):
-        monkeypatch.setattr(ck, name, lambda *a: False)
+    monkeypatch.setattr(plan, "use_implicit_weight", lambda *a: True)
+    for name in ("use_flat_params", "use_direct"):
+        monkeypatch.setattr(plan, name, lambda *a: False)
     rng = np.random.default_rng(12)
     cases = [((5, 8, 9, 8), (6, 8, 3, 3), (1, 1), (1, 1), 1),    # padded, junk columns
              ((3, 4, 10, 11), (6, 2, 3, 2), (2, 0), (1, 2), 2),  # asymmetric padding, dilation
@@ -525,19 +532,20 @@ def test_implicit_gemm_path_matches_reference(dtype, trans, monkeypatch):
     computed plainly and transposed."""
     from numbaconv.kernels.cpu import blas as blas_k
     from numbaconv.kernels.cpu import conv as ck
+    from numbaconv.kernels.cpu.conv import implicit, plan
 
     if not blas_k.ready():
         pytest.skip("NumPy's BLAS has no ILP64 OpenBLAS interface to call from kernels")
     calls = []
-    kernel = ck.implicit_forward
+    kernel = implicit.implicit_forward
 
     def counting(*a):
         calls.append(a[0].shape)
         return kernel(*a)
 
-    monkeypatch.setattr(ck, "implicit_forward", counting)
-    monkeypatch.setattr(ck, "_use_implicit", lambda stride, cg, og: stride == (1, 1))
-    monkeypatch.setattr(ck, "_implicit_trans", lambda *a: trans)
+    monkeypatch.setattr(implicit, "implicit_forward", counting)
+    monkeypatch.setattr(plan, "use_implicit", lambda stride, cg, og: stride == (1, 1))
+    monkeypatch.setattr(implicit, "transposed", lambda *a: trans)
     rng = np.random.default_rng(11)
     cases = [((5, 8, 9, 8), (6, 8, 3, 3), (1, 1), (1, 1), 1),    # padded, junk columns
              ((3, 4, 10, 11), (6, 2, 3, 2), (2, 0), (1, 2), 2),  # asymmetric padding, dilation

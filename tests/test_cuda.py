@@ -194,7 +194,7 @@ def test_gemm_layouts_and_split_k(a_t, b_t):
     """The GEMM against NumPy for each operand layout (which index a warp's loads run along),
     with K long enough to be split across blocks, ragged edges and a batch; the split sums
     are deterministic."""
-    from numbaconv.kernels.cuda import matmul as mm
+    from numbaconv.kernels.cuda import linalg as mm
 
     be = nc.get_backend("cuda")
     rng = np.random.default_rng(1)

@@ -12,19 +12,19 @@ from numba.core.dispatcher import Dispatcher
 from numbaconv.kernels.cpu import (
     conv,
     elementwise,
+    jit,
+    linalg,
     loading,
-    matmul,
     norm,
     optim,
     pool,
     random,
-    winograd,
 )
 
 import numbaconv.backend.cpu  # noqa: F401  (installs the release on the package's kernels)
 
-KERNEL_MODULES = (conv, elementwise, matmul, norm, optim, pool, random, winograd)
-CPU_DIR = pathlib.Path(conv.__file__).parent
+KERNEL_MODULES = (*conv.KERNEL_MODULES, elementwise, linalg, norm, optim, pool, random)
+CPU_DIR = pathlib.Path(linalg.__file__).parent
 
 
 def _parallel_kernels(mod):
@@ -40,7 +40,7 @@ def test_parallel_kernels_are_never_called_from_jitted_code():
     assert {"gemm_forward", "implicit_forward", "max_pool2d_backward",
             "winograd_forward"} <= parallel
     offenders = []
-    for path in sorted(CPU_DIR.glob("*.py")):
+    for path in sorted(CPU_DIR.rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
             if not (isinstance(node, ast.FunctionDef)
                     and any("njit" in ast.unparse(d) for d in node.decorator_list)):
@@ -101,17 +101,31 @@ def test_kernel_loaded_from_cache_drops_its_module_and_still_runs(tmp_path):
         sys.modules.pop("loadme_kernel", None)
 
 
+def _module_name(path):
+    parts = list(path.relative_to(CPU_DIR).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def test_the_cpu_kernel_modules_import_each_other_without_a_circle():
-    """Every import between kernels/cpu modules, at module level or inside a function,
-    points one way: the graph has no cycle."""
+    """Every import between kernels/cpu modules (conv/'s included), at module level or inside
+    a function, points one way: the graph has no cycle."""
+    paths = {_module_name(p): p for p in CPU_DIR.rglob("*.py")}
     graph = {}
-    for path in CPU_DIR.glob("*.py"):
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= ({node.module.split(".")[0]} if node.module
-                         else {a.name for a in node.names})
-        graph[path.stem] = deps
+            if not (isinstance(node, ast.ImportFrom) and node.level >= 1):
+                continue
+            base = package.split(".") if package else []
+            base = base[:len(base) - (node.level - 1)]
+            stem = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                sub = f"{stem}.{alias.name}" if stem else alias.name
+                target = sub if sub in paths else stem
+                if target and target != name:
+                    deps.add(target)
+        graph[name] = deps
     state = {}
 
     def visit(name, trail):
@@ -125,4 +139,30 @@ def test_the_cpu_kernel_modules_import_each_other_without_a_circle():
 
     for name in graph:
         visit(name, [])
-    assert graph["matmul"] >= {"blas", "threads"} and "conv" not in graph["threads"]
+    assert graph["linalg"] >= {"blas", "threads", "jit"} and "conv" not in graph["threads"]
+    assert graph["conv"] >= {"conv.plan", "conv.gemm", "conv.winograd"}
+    assert "conv" not in graph["conv.gemm"]  # strategies never import the entry points
+
+
+def test_a_kernel_cache_key_covers_the_helpers_it_takes_from_other_files(monkeypatch):
+    """Numba's cache checks a kernel's own file only; jit.njit adds a hash of every package
+    module the kernel's module uses, so that editing a helper in another file (layout.py,
+    blas.py, jit.py) recompiles the kernels that inlined it, and only those."""
+    from numbaconv.kernels.cpu import blas, threads
+
+    gemm, direct, layout = conv.gemm, conv.direct, conv.layout
+    deps = jit.dependencies(gemm.__name__)
+    assert {m.__name__ for m in (gemm, layout, conv.plan, jit, blas, threads)} <= deps
+    assert direct.__name__ not in deps and layout.__name__ not in jit.dependencies(
+        direct.__name__)
+    kernel = gemm.gemm_forward
+    key = kernel._cache._index_key((), kernel.targetctx.codegen())
+    assert key[-1] == jit.sources_hash(gemm.__name__) and len(key[-1]) == 64
+    before = {m: jit.sources_hash(m.__name__) for m in (gemm, direct)}
+    real_read = jit._read
+    monkeypatch.setattr(jit, "_HASHES", {})
+    monkeypatch.setattr(jit, "_read", lambda path: real_read(path) + (
+        b"# edited" if path == layout.__file__ else b""))
+    assert jit.sources_hash(gemm.__name__) != before[gemm]  # a helper file changed
+    assert jit.sources_hash(direct.__name__) == before[direct]  # not one it uses
+    assert kernel._cache._index_key((), kernel.targetctx.codegen())[-1] != key[-1]

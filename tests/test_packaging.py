@@ -21,7 +21,8 @@ def test_wheel_contains_and_imports_kernels(tmp_path):
     wheel = next((tmp_path / "dist").glob("numbaconv-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for must in ("numbaconv/kernels/__init__.py", "numbaconv/kernels/reference.py",
-                 "numbaconv/kernels/cpu/conv.py", "numbaconv/backend/cpu.py"):
+                 "numbaconv/kernels/cpu/conv/__init__.py", "numbaconv/kernels/cpu/conv/gemm.py",
+                 "numbaconv/backend/cpu.py"):
         assert must in names, f"{must} missing from {wheel.name}"
     assert not any(n.startswith("kernels/") for n in names), "a top-level kernels/ leaked"
     site = tmp_path / "site"

@@ -7,7 +7,7 @@ previous kernel, made those convolutions 1.7x slower inside a training step than
 
 This module finds the CBLAS ``?gemm`` of the BLAS that NumPy itself loaded (found through
 threadpoolctl) and registers its address with LLVM under a fixed name, which the kernels
-declare as an external function (see ``kernels/cpu/conv.py``); cached kernels resolve the name
+declare as an external function (see :func:`gemm_at`); cached kernels resolve the name
 again in each new process. Only the 64-bit-integer (ILP64) OpenBLAS interface that NumPy's
 wheels ship is used; with any other BLAS :func:`ready` returns False and the convolutions
 split their GEMMs across Python threads instead.
@@ -18,8 +18,9 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from .jit import INLINE, njit
 from .threads import blas_threads
 
 # names the kernels link against
@@ -62,9 +63,7 @@ def ready() -> bool:
 
 
 # NumPy's own CBLAS ?gemm (64-bit integers), registered under these names by ready(). The
-# kernels of conv.py, matmul.py and winograd.py inline gemm_at; Numba's on-disk cache checks
-# only the file of each kernel, so after editing gemm_at, delete kernels/cpu/__pycache__
-# (their cached machine code would keep the old version).
+# convolution and matmul kernels inline gemm_at; their cache keys cover this file (jit.njit).
 _ROW_MAJOR, _NO_TRANS, _TRANS = np.int32(101), np.int32(111), np.int32(112)
 _sgemm = types.ExternalFunction(SGEMM, types.void(
     types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, types.float32,
@@ -74,7 +73,7 @@ _dgemm = types.ExternalFunction(DGEMM, types.void(
     types.intp, types.int64, types.intp, types.int64, types.float64, types.intp, types.int64))
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def gemm_at(trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
     """c[c_off:] = op(a[a_off:]) @ op(b[b_off:]) + beta * c[c_off:], BLAS-style: row-major
     matrices given by an array, an element offset and a leading dimension."""
@@ -91,7 +90,7 @@ def gemm_at(trans_a, trans_b, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_
                pa, np.int64(lda), pb, np.int64(ldb), np.float64(beta), pc, np.int64(ldc))
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def gemm(trans_a, trans_b, a, b, beta, c):
     """c = op(a) @ op(b) + beta * c on the calling thread, for C-contiguous 2-D arrays (op
     transposes where asked). The caller holds BLAS at one thread."""

@@ -6,12 +6,12 @@ stay float32 throughout (a bare ``0.0`` would be float64).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-_opts = dict(parallel=True, cache=True, fastmath={"contract"})
+from .jit import PARALLEL, njit
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def relu(x, out):
     """out[i] = x[i] if x[i] > 0 else 0 (NaN stays NaN, as in PyTorch)."""
     zero = out.dtype.type(0)
@@ -20,7 +20,7 @@ def relu(x, out):
         out[i] = zero if v <= zero else v
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def add(a, b, out):
     """out[i] = a[i] + b[i] on flat views: large same-shape sums (residual connections, the
     gradients of a tensor used twice) on both cores, where NumPy's add runs on one."""
@@ -28,14 +28,14 @@ def add(a, b, out):
         out[i] = a[i] + b[i]
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def add_into(dst, src):
     """dst[i] += src[i] on flat views (gradient accumulation into an existing .grad)."""
     for i in prange(dst.size):
         dst[i] += src[i]
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def relu_backward(gy, y, out):
     """out[i] = gy[i] where y[i] > 0, else 0."""
     zero = out.dtype.type(0)
@@ -43,7 +43,7 @@ def relu_backward(gy, y, out):
         out[i] = gy[i] if y[i] > zero else zero
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def sigmoid(x, out):
     """Numerically stable logistic: exp never sees a large positive argument."""
     one = out.dtype.type(1)
@@ -56,21 +56,21 @@ def sigmoid(x, out):
             out[i] = e / (one + e)
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def sigmoid_backward(gy, y, out):
     one = out.dtype.type(1)
     for i in prange(gy.size):
         out[i] = gy[i] * y[i] * (one - y[i])
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def tanh_backward(gy, y, out):
     one = out.dtype.type(1)
     for i in prange(gy.size):
         out[i] = gy[i] * (one - y[i] * y[i])
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def softmax_rows(x, out, log):
     """Row-wise (log-)softmax of a (rows, n) matrix: max-shifted, one pass to sum, one to write."""
     rows, n = x.shape
@@ -95,7 +95,7 @@ def softmax_rows(x, out, log):
                 out[r, j] = np.exp(x[r, j] - m) * inv
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def softmax_rows_backward(gy, y, out, log):
     """softmax: gx = y * (gy - sum(gy * y)); log_softmax: gx = gy - exp(y) * sum(gy)."""
     rows, n = gy.shape

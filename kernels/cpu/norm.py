@@ -30,13 +30,12 @@ pixel loop innermost so that it vectorises. Inputs are viewed as ``(N, C, H*W)``
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-_opts = dict(parallel=True, cache=True, fastmath={"contract", "reassoc"})
-_u = np.uint64  # unsigned inner indices: no wrap-around guards, so loops vectorise
+from .jit import INLINE, PARALLEL, PARALLEL_SUMS, U, njit
 
 
-@njit(**_opts)
+@njit(**PARALLEL_SUMS)
 def batch_stats(x, mean, var):
     """Per-channel mean and biased variance of x (N, C, L)."""
     n_img, n_ch, m = x.shape
@@ -46,7 +45,7 @@ def batch_stats(x, mean, var):
         for n in range(n_img):
             row = x[n, c]
             acc = x.dtype.type(0)
-            for p in range(_u(m)):
+            for p in range(U(m)):
                 acc += row[p]
             s += acc
         mu = s / count
@@ -54,7 +53,7 @@ def batch_stats(x, mean, var):
         for n in range(n_img):
             row = x[n, c]
             acc = x.dtype.type(0)
-            for p in range(_u(m)):
+            for p in range(U(m)):
                 d = row[p] - mu
                 acc += d * d
             s2 += acc
@@ -62,7 +61,7 @@ def batch_stats(x, mean, var):
         var[c] = s2 / count
 
 
-@njit(**_opts)
+@njit(**PARALLEL_SUMS)
 def normalize(x, mean, invstd, weight, bias, relu, y):
     """y = (x - mean) * invstd * weight + bias, optionally followed by ReLU (fused)."""
     n_img, n_ch, m = x.shape
@@ -74,15 +73,15 @@ def normalize(x, mean, invstd, weight, bias, relu, y):
             src = x[n, c]
             dst = y[n, c]
             if relu:
-                for p in range(_u(m)):
+                for p in range(U(m)):
                     v = src[p] * scale + shift
                     dst[p] = v if v > zero else zero
             else:
-                for p in range(_u(m)):
+                for p in range(U(m)):
                     dst[p] = src[p] * scale + shift
 
 
-@njit(**_opts)
+@njit(**PARALLEL_SUMS)
 def batch_norm_backward(g, x, mean, invstd, weight, training, relu, y, gx, gw, gb):
     """Gradients of y = (x - mean) * invstd * weight + bias per channel. With ``relu`` the
     forward was fused with a ReLU whose output is ``y``: the incoming gradient passes only
@@ -101,12 +100,12 @@ def batch_norm_backward(g, x, mean, invstd, weight, training, relu, y, gx, gw, g
             a2 = zero
             if relu:
                 y_row = y[n, c]
-                for p in range(_u(m)):
+                for p in range(U(m)):
                     gv = g_row[p] if y_row[p] > zero else zero
                     a1 += gv
                     a2 += gv * (x_row[p] - mu)
             else:
-                for p in range(_u(m)):
+                for p in range(U(m)):
                     a1 += g_row[p]
                     a2 += g_row[p] * (x_row[p] - mu)
             sg += a1
@@ -124,27 +123,26 @@ def batch_norm_backward(g, x, mean, invstd, weight, training, relu, y, gx, gw, g
             if relu:
                 y_row = y[n, c]
                 if training:
-                    for p in range(_u(m)):
+                    for p in range(U(m)):
                         gv = g_row[p] if y_row[p] > zero else zero
                         d_row[p] = k * (gv - mean_g - (x_row[p] - mu) * inv * proj)
                 else:
-                    for p in range(_u(m)):
+                    for p in range(U(m)):
                         d_row[p] = k * g_row[p] if y_row[p] > zero else zero
             elif training:
-                for p in range(_u(m)):
+                for p in range(U(m)):
                     xhat = (x_row[p] - mu) * inv
                     d_row[p] = k * (g_row[p] - mean_g - xhat * proj)
             else:
-                for p in range(_u(m)):
+                for p in range(U(m)):
                     d_row[p] = k * g_row[p]
 
 
 # ------------------------------------------------------------------ local response normalisation
 # LRN keeps float contraction only: its window sums are taken in order
-_lrn_opts = dict(parallel=True, cache=True, fastmath={"contract"})
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _neg_pow(s, beta, mode, one):
     """s ** -beta; mode 1 (beta = 3/4, PyTorch's and AlexNet's) and 2 (beta = 1/2) use square
     roots, which vectorise, instead of pow."""
@@ -161,7 +159,7 @@ def _mode(beta):
     return 1 if beta == 0.75 else (2 if beta == 0.5 else 0)
 
 
-@njit(**_lrn_opts)
+@njit(**PARALLEL)
 def local_response_norm(x, size, alpha, beta, k, y, scale):
     n_img, n_ch, m = x.shape
     lo, hi = size // 2, (size - 1) // 2
@@ -183,7 +181,7 @@ def local_response_norm(x, size, alpha, beta, k, y, scale):
                 y[n, c, p] = x[n, c, p] * _neg_pow(s, beta, mode, x.dtype.type(1))
 
 
-@njit(**_lrn_opts)
+@njit(**PARALLEL)
 def local_response_norm_backward(gy, x, y, scale, size, alpha, beta, gx, work):
     """``work`` is an (N, C, H*W) scratch array for t = g*y/s."""
     n_img, n_ch, m = x.shape

@@ -7,17 +7,14 @@ BatchNorm parameters), where waking threads costs more than the update.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-_opts = dict(parallel=True, cache=True, fastmath={"contract"})
-
-
-_serial = dict(cache=True, fastmath={"contract"})
+from .jit import PARALLEL, SERIAL, njit
 
 PARALLEL_MIN = 1 << 15  # elements below which the serial versions run
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, use_buf):
     """d = g + wd*p; buf = d (first step) or momentum*buf + (1-dampening)*d;
     p -= lr * (d + momentum*buf if nesterov else buf)  (plain d without momentum)."""
@@ -31,7 +28,7 @@ def sgd_step(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, 
         p[i] -= lr * d
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
               bias1, bias2_sqrt):
     """Adam (L2 weight decay added to the gradient) or AdamW (decoupled: p *= 1 - lr*wd)."""
@@ -54,7 +51,7 @@ def adam_step(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, 
         p[i] -= step * mi / (np.sqrt(vi) / bias2_sqrt + eps)
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def sgd_step_serial(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first, use_buf):
     """sgd_step for small parameters."""
     one = p.dtype.type(1)
@@ -67,7 +64,7 @@ def sgd_step_serial(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, 
         p[i] -= lr * d
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def adam_step_serial(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
               bias1, bias2_sqrt):
     """adam_step for small parameters."""

@@ -6,33 +6,15 @@ need neither atomics nor partial buffers. Inputs are viewed as ``(N*C, H, W)``.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-_opts = dict(parallel=True, cache=True, fastmath={"contract"})
+from .jit import INLINE, PARALLEL, U, njit, valid_range
 
-
-@njit(cache=True, inline="always")
-def _valid_range(off, stride, size, n_out):
-    """[lo, hi): the outputs o with 0 <= o*stride + off < size."""
-    lo = 0
-    if off < 0:
-        lo = (-off + stride - 1) // stride
-    hi = (size - off + stride - 1) // stride
-    if hi > n_out:
-        hi = n_out
-    if lo > n_out:
-        lo = n_out
-    if hi < lo:
-        hi = lo
-    return lo, hi
+# Inner loops run over a whole output row with unsigned indices (jit.U): Numba guards signed
+# indices against negative values, and those guards stop LLVM from vectorising.
 
 
-# Inner loops run over a whole output row with unsigned indices: Numba guards signed indices
-# against negative values, and those guards stop LLVM from vectorising.
-_u = np.uint64
-
-
-@njit(**_opts)
+@njit(**PARALLEL)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx, n_tasks):
     """y = max over each (dilated) window; idx = flat index h*W+w of the maximum.
 
@@ -60,7 +42,7 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx, n_tasks):
         best_col = np.empty(ow_n, dtype=np.int64)
         for p in range(task * planes // n_tasks, (task + 1) * planes // n_tasks):
             for oh in range(oh_n):
-                for q in range(_u(w)):
+                for q in range(U(w)):
                     col_max[q] = -np.inf
                     col_row[q] = -1
                 for i in range(kh):
@@ -68,7 +50,7 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx, n_tasks):
                     if ih < 0 or ih >= h:
                         continue
                     x_row = x[p, ih]
-                    for q in range(_u(w)):
+                    for q in range(U(w)):
                         v = x_row[q]
                         cur = col_max[q]
                         take = (v > cur) | (v != v) | (col_row[q] < 0)
@@ -80,17 +62,17 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx, n_tasks):
                     for t in range((w - r + sw - 1) // sw):
                         ph_max[r, t] = col_max[t * sw + r]
                         ph_row[r, t] = col_row[t * sw + r]
-                for ow in range(_u(ow_n)):
+                for ow in range(U(ow_n)):
                     best[ow] = -np.inf
                     best_row[ow] = -1
                     best_col[ow] = -1
                 for j in range(kw):
                     off = j * dw - pw
-                    lo, hi = _valid_range(off, sw, w, ow_n)
+                    lo, hi = valid_range(off, sw, w, ow_n)
                     r = (lo * sw + off) % sw
-                    t0 = _u((lo * sw + off) // sw)
-                    lo_u = _u(lo)
-                    for q in range(_u(hi - lo)):
+                    t0 = U((lo * sw + off) // sw)
+                    lo_u = U(lo)
+                    for q in range(U(hi - lo)):
                         o = lo_u + q
                         v = ph_max[r, t0 + q]
                         rr = ph_row[r, t0 + q]
@@ -110,7 +92,7 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, idx, n_tasks):
                     idx[p, oh, ow] = best_row[ow] * w + best_col[ow] if best_row[ow] >= 0 else -1
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def max_pool2d_2x2(x, y, idx, n_tasks):
     """max_pool2d with 2x2 windows at stride 2 (no padding, no dilation), the commonest
     pooling, with the same tie and NaN rules as :func:`max_pool2d`. A plain scalar loop with
@@ -138,7 +120,7 @@ def max_pool2d_2x2(x, y, idx, n_tasks):
                     idx[p, oh, ow] = at
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def max_pool2d_backward(gy, idx, gx):
     """gx[plane].flat[idx] += gy: every window's gradient to the element it picked."""
     planes, h, w = gx.shape
@@ -146,7 +128,7 @@ def max_pool2d_backward(gy, idx, gx):
     oh_n, ow_n = gy.shape[1], gy.shape[2]
     for p in prange(planes):
         flat = gx[p].reshape(h * w)
-        for q in range(_u(h * w)):
+        for q in range(U(h * w)):
             flat[q] = zero
         g = gy[p].reshape(oh_n * ow_n)
         k = idx[p].reshape(oh_n * ow_n)
@@ -178,7 +160,7 @@ def _inverse_divisors(oh_n, ow_n, kh, kw, sh, sw, ph, pw, h, w, count_include_pa
     return inv
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y, n_tasks):
     """Mean over each window (see _inverse_divisors for the divisor). Separable: a contiguous
     vertical sum of the window's rows, then each output adds its ``kw`` columns, then one
@@ -192,28 +174,28 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, y, n_tasks
         col_sum = np.empty(w, dtype=x.dtype)
         for p in range(task * planes // n_tasks, (task + 1) * planes // n_tasks):
             for oh in range(oh_n):
-                for q in range(_u(w)):
+                for q in range(U(w)):
                     col_sum[q] = zero
                 for i in range(kh):
                     ih = oh * sh - ph + i
                     if 0 <= ih < h:
                         x_row = x[p, ih]
-                        for q in range(_u(w)):
+                        for q in range(U(w)):
                             col_sum[q] += x_row[q]
                 y_row = y[p, oh]
-                for q in range(_u(ow_n)):
+                for q in range(U(ow_n)):
                     y_row[q] = zero
                 for j in range(kw):
-                    lo, hi = _valid_range(j - pw, sw, w, ow_n)
-                    base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
-                    for q in range(_u(hi - lo)):
+                    lo, hi = valid_range(j - pw, sw, w, ow_n)
+                    base, s, lo_u = U(lo * sw + j - pw), U(sw), U(lo)
+                    for q in range(U(hi - lo)):
                         y_row[lo_u + q] += col_sum[base + q * s]
                 inv_row = inv[oh]
-                for q in range(_u(ow_n)):
+                for q in range(U(ow_n)):
                     y_row[q] *= inv_row[q]
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def avg_pool2d_2x2(x, inv, y, n_tasks):
     """Mean of complete 2x2 windows at stride 2 (no padding), times ``inv`` (1/4, or
     1/divisor_override): the commonest average pooling, unrolled."""
@@ -228,7 +210,7 @@ def avg_pool2d_2x2(x, inv, y, n_tasks):
                     out[ow] = (r0[2 * ow] + r0[2 * ow + 1] + r1[2 * ow] + r1[2 * ow + 1]) * inv
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def avg_pool2d_2x2_backward(gy, inv, gx, n_tasks):
     """The adjoint of :func:`avg_pool2d_2x2`; rows and columns past the last window get 0."""
     planes, h, w = gx.shape
@@ -253,7 +235,7 @@ def avg_pool2d_2x2_backward(gy, inv, gx, n_tasks):
                     r1[b] = zero
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, gx,
                         n_tasks):
     """The adjoint, also separable: scale a row of gy by the inverse divisors, spread it over
@@ -268,34 +250,34 @@ def avg_pool2d_backward(gy, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, 
         scaled = np.empty(ow_n, dtype=gx.dtype)
         for p in range(task * planes // n_tasks, (task + 1) * planes // n_tasks):
             flat = gx[p].reshape(h * w)
-            for q in range(_u(h * w)):
+            for q in range(U(h * w)):
                 flat[q] = zero
             for oh in range(oh_n):
                 g_in = gy[p, oh]
                 inv_row = inv[oh]
-                for q in range(_u(ow_n)):
+                for q in range(U(ow_n)):
                     scaled[q] = g_in[q] * inv_row[q]
-                for q in range(_u(w)):
+                for q in range(U(w)):
                     row[q] = zero
                 for j in range(kw):
-                    lo, hi = _valid_range(j - pw, sw, w, ow_n)
-                    base, s, lo_u = _u(lo * sw + j - pw), _u(sw), _u(lo)
-                    for q in range(_u(hi - lo)):
+                    lo, hi = valid_range(j - pw, sw, w, ow_n)
+                    base, s, lo_u = U(lo * sw + j - pw), U(sw), U(lo)
+                    for q in range(U(hi - lo)):
                         row[base + q * s] += scaled[lo_u + q]
                 for i in range(kh):
                     ih = oh * sh - ph + i
                     if 0 <= ih < h:
                         g_row = gx[p, ih]
-                        for q in range(_u(w)):
+                        for q in range(U(w)):
                             g_row[q] += row[q]
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _adaptive_bounds(o, n_in, n_out):
     return (o * n_in) // n_out, ((o + 1) * n_in + n_out - 1) // n_out
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def adaptive_avg_pool2d(x, y):
     """PyTorch's adaptive windows: [floor(o*H/OH), ceil((o+1)*H/OH))."""
     planes, h, w = x.shape
@@ -312,7 +294,7 @@ def adaptive_avg_pool2d(x, y):
                 y[p, oh, ow] = s / y.dtype.type((h1 - h0) * (w1 - w0))
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def adaptive_avg_pool2d_backward(gy, gx):
     planes, h, w = gx.shape
     oh_n, ow_n = gy.shape[1], gy.shape[2]
@@ -331,7 +313,7 @@ def adaptive_avg_pool2d_backward(gy, gx):
                         gx[p, ih, iw] += g
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def adaptive_max_pool2d(x, y, idx):
     planes, h, w = x.shape
     oh_n, ow_n = y.shape[1], y.shape[2]
@@ -352,13 +334,13 @@ def adaptive_max_pool2d(x, y, idx):
                 idx[p, oh, ow] = bi
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _nearest_src(o, scale, n_in):
     s = int(np.floor(np.float32(o) * scale))  # float32 arithmetic, as PyTorch's floorf
     return s if s < n_in else n_in - 1
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def upsample_nearest2d(x, scale_h, scale_w, y):
     """y[p, oh, ow] = x[p, floor(oh*scale_h), floor(ow*scale_w)] (PyTorch's 'nearest')."""
     planes, h, w = x.shape
@@ -370,7 +352,7 @@ def upsample_nearest2d(x, scale_h, scale_w, y):
                 y[p, oh, ow] = x[p, ih, _nearest_src(ow, scale_w, w)]
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def upsample_nearest2d_backward(gy, scale_h, scale_w, gx):
     planes, h, w = gx.shape
     oh_n, ow_n = gy.shape[1], gy.shape[2]

@@ -1,11 +1,11 @@
 """Random masks for dropout, drawn from the backend's seeded NumPy generator."""
 
-from numba import njit, prange
+from numba import prange
 
-_opts = dict(parallel=True, cache=True, fastmath={"contract"})
+from .jit import PARALLEL, njit
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def dropout_mask(u, p, mask):
     """mask[i] = 1/(1-p) where u[i] >= p, else 0 (u uniform in [0, 1))."""
     keep = mask.dtype.type(1) / (mask.dtype.type(1) - p)

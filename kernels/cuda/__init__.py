@@ -3,7 +3,7 @@ module says otherwise. Each module exposes ``kernels(dtype)``: the kernels speci
 floating dtype, whose constants are typed from it (``T(0)``), so a float32 kernel never computes
 in float64. Shapes and strides arrive as tuples of ints; outputs are allocated by the caller.
 
-Modules that run a multi-kernel algorithm (conv, matmul, norm, reduce) also hold its host side,
+Modules that run a multi-kernel algorithm (conv, linalg, norm, reduce) also hold its host side,
 as functions of a ``ctx`` that the backend supplies (allocation and launch, see
 :mod:`.conv`). A kernel is named by a key ``module.name[.variant]`` (``conv.im2col``,
 ``mm.gemm.kn_plain``), resolved by :func:`kernel`.
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import conv, elementwise, matmul, norm, optim, pool, reduce
+from . import conv, elementwise, linalg, loss, norm, optim, pool, reduce
 
-MODULES = {"ew": elementwise.kernels, "red": reduce.kernels, "mm": matmul.kernels,
+MODULES = {"ew": elementwise.kernels, "red": reduce.kernels, "mm": linalg.kernels,
            "conv": conv.kernels, "pool": pool.kernels, "norm": norm.kernels,
-           "optim": optim.kernels}
+           "optim": optim.kernels, "loss": loss.kernels}
 
 _resolved: dict = {}
 

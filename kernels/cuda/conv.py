@@ -6,7 +6,7 @@ Two algorithms, chosen per layer by :func:`use_direct`:
   (C_in*kH*kW, N*H_out*W_out) column matrix of all groups in one launch: one thread per
   (channel, output pixel) computes that pixel's position once and writes its kH*kW taps, each
   store contiguous across a warp. Then, per pass, the register-blocked GEMM of
-  :mod:`.matmul`, batched over groups (grid z):
+  :mod:`.linalg`, batched over groups (grid z):
   forward ``y_g = W_g @ cols_g``, stored straight into NCHW with the bias;
   weight gradient ``dW_g = dY_g @ cols_g^T`` (K = N*H_out*W_out: split across blocks, summed
   deterministically); input gradient ``dcols_g = W_g^T @ dY_g`` then col2im, a gather in which
@@ -38,7 +38,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import matmul as mm
+from . import linalg as mm
 from . import reduce as red
 
 MAX_DIRECT_TAPS = 64  # the direct weight gradient keeps one accumulator per tap in registers
@@ -286,10 +286,11 @@ def _implicit(ctx, mode, x_shape, groups, kh, kw, stride, padding, dilation, oh,
     return mode, geom, tab
 
 
-def conv2d_backward(ctx, gy, x, w, stride, padding, dilation, groups, needs, x_shape):
-    """(dx, dw, db) of conv2d, each None where ``needs`` says it is not wanted."""
+def conv2d_backward(ctx, gy, x, w, stride, padding, dilation, groups, needs, x_shape, w_shape):
+    """(dx, dw, db) of conv2d, each None where ``needs`` says it is not wanted; ``x`` is read
+    for dw only, ``w`` for dx only (either may be None where not read)."""
     need_x, need_w, need_b = needs
-    n_out, cg, kh, kw = w.shape
+    n_out, cg, kh, kw = w_shape
     n_img, c_in = x_shape[0], x_shape[1]
     oh, ow = gy.shape[2], gy.shape[3]
     og, kk, L = n_out // groups, cg * kh * kw, oh * ow
@@ -316,14 +317,13 @@ def conv2d_backward(ctx, gy, x, w, stride, padding, dilation, groups, needs, x_s
                        (chunks, ctx.cap(n_out)), red.BLOCK,
                        (gy, x, *geom[:8], i64(chunk), part))
             gw = red.last_axis_sum(ctx, part.reshape((n_out * kh * kw, chunks))).reshape(
-                w.shape)
+                w_shape)
         return gx, gw, gb
     ncols = n_img * L
     rows = ctx.empty((n_out, ncols), dt)
     ctx.launch("conv.nchw_to_rows", dt, ctx.n_blocks(rows.size), ctx.threads,
                (gy3, rows))
     rows_flat = rows.reshape(rows.size)
-    w_flat = w.reshape(w.size)
     if need_w:
         gw = ctx.empty((groups, og, kk), dt)
         # dW_g = dY_g @ cols_g^T: the columns read transposed, from the image or from cols
@@ -336,8 +336,9 @@ def conv2d_backward(ctx, gy, x, w, stride, padding, dilation, groups, needs, x_s
             cols = _im2col(ctx, x, kh, kw, stride, padding, dilation, oh, ow)
             mm.gemm(ctx, rows_flat, (og * ncols, ncols, 1), cols.reshape(cols.size),
                     (kk * ncols, 1, ncols), og, kk, ncols, groups, gw, dt)
-        gw = gw.reshape(w.shape)
+        gw = gw.reshape(w_shape)
     if need_x:
+        w_flat = w.reshape(w.size)
         dcols = ctx.empty((c_in * kh * kw, ncols), dt)
         # dcols_g = W_g^T @ dY_g: W read transposed through its strides
         mm.gemm(ctx, w_flat, (og * kk, 1, kk), rows_flat, (og * ncols, ncols, 1), kk, ncols, og,

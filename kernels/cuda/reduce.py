@@ -1,5 +1,6 @@
 """Reductions over the last axis of a (rows, K) array: one block per row, a strided pass per
-thread, then a tree in shared memory. Softmax and the NLL rows reuse the same pattern. Every
+thread, then a tree in shared memory. Softmax reuses the same pattern (the NLL rows of the
+losses are in loss.py). Every
 other reduction is a permutation (a gather) followed by these.
 
 Where there are fewer rows than it takes to fill the GPU and the rows are long (a full ``sum``,
@@ -39,7 +40,7 @@ def _block_sum(buf, t):
 @cache
 def kernels(dtype) -> SimpleNamespace:
     T = numba.from_dtype(np.dtype(dtype))
-    zero, one = T(0), T(1)
+    zero = T(0)
     ninf, pinf = T(-math.inf), T(math.inf)
 
     def row_reduce(combine, init):
@@ -165,35 +166,6 @@ def kernels(dtype) -> SimpleNamespace:
             else:
                 out[r, j] = y[r, j] * (gy[r, j] - total)
 
-    nan = T(math.nan)
-
-    @cuda.jit
-    def nll_rows(logp, target, weight, has_weight, ignore_index, losses, row_w, err):
-        """losses[r] = -w[t] * logp[r, t] for t = target[r]. A target outside [0, C) (and not
-        ignore_index) makes its loss NaN and is flagged in err = (1, t) for the host to
-        report at its next synchronisation, instead of a host check on every call."""
-        for r in range(cuda.grid(1), losses.size, cuda.gridsize(1)):
-            t = target[r]
-            if t == ignore_index:
-                losses[r] = zero
-                row_w[r] = zero
-            elif t < 0 or t >= logp.shape[1]:
-                losses[r] = nan
-                row_w[r] = zero
-                err[1] = t
-                err[0] = 1
-            else:
-                w = weight[t] if has_weight else one
-                losses[r] = -w * logp[r, t]
-                row_w[r] = w
-
-    @cuda.jit
-    def nll_rows_backward(g, target, row_w, out):
-        """out (rows, C), zeroed by the caller: out[r, t] = -g[r] * w[r]."""
-        for r in range(cuda.grid(1), g.size, cuda.gridsize(1)):
-            if row_w[r] != zero:
-                out[r, target[r]] = -g[r] * row_w[r]
-
     def row_partial(combine, init):
         @cuda.jit
         def k(x, chunk, part):
@@ -243,7 +215,6 @@ def kernels(dtype) -> SimpleNamespace:
             cuda.syncthreads()
 
     ns.softmax_rows, ns.softmax_rows_backward = softmax_rows, softmax_rows_backward
-    ns.nll_rows, ns.nll_rows_backward = nll_rows, nll_rows_backward
     ns.channel_partial = channel_partial
     return ns
 

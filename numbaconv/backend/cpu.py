@@ -12,17 +12,17 @@ import numpy as np
 
 from ..kernels.cpu import conv as conv_k
 from ..kernels.cpu import elementwise as ew
+from ..kernels.cpu import linalg as linalg_k
 from ..kernels.cpu import loading
-from ..kernels.cpu import matmul as matmul_k
+from ..kernels.cpu import loss as loss_k
 from ..kernels.cpu import norm as norm_k
 from ..kernels.cpu import optim as optim_k
 from ..kernels.cpu import pool as pool_k
 from ..kernels.cpu import random as random_k
-from ..kernels.cpu import winograd as winograd_k
 
 # kernels loaded from Numba's cache drop the LLVM module kept only for linking (see loading.py)
-loading.release_linking_modules(conv_k, ew, matmul_k, norm_k, optim_k, pool_k, random_k,
-                                winograd_k)
+loading.release_linking_modules(*conv_k.KERNEL_MODULES, ew, linalg_k, norm_k, optim_k, pool_k,
+                                random_k)
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
@@ -282,7 +282,7 @@ class CPUBackend:
 
     # ------------------------------------------------------------ linear algebra
     def matmul(self, a, b):
-        return matmul_k.matmul(a, b)
+        return linalg_k.matmul(a, b)
 
     @staticmethod
     def storage(a):
@@ -336,19 +336,10 @@ class CPUBackend:
         return conv_k.conv2d_forward(x, w, b, stride, padding, dilation, groups)
 
     def conv2d_backward(self, gy, x, w, stride, padding, dilation, groups, needs,
-                        x_shape=None):
+                        x_shape=None, w_shape=None):
         """(grad_input, grad_weight, grad_bias), each computed only where ``needs`` says."""
         return conv_k.conv2d_backward(gy, x, w, stride, padding, dilation, groups, *needs,
-                                      x_shape=x_shape)
-
-    def conv2d_grad_input(self, gy, w, x_shape, stride, padding, dilation, groups):
-        return conv_k.conv2d_backward(gy, None, w, stride, padding, dilation, groups,
-                                      True, False, False, x_shape=x_shape)[0]
-
-    def conv2d_grad_weight(self, gy, x, w_shape, stride, padding, dilation, groups):
-        w = np.empty(w_shape, dtype=gy.dtype)  # only its shape is read
-        return conv_k.conv2d_backward(gy, x, w, stride, padding, dilation, groups,
-                                      False, True, False)[1]
+                                      x_shape=x_shape, w_shape=w_shape)
 
     # ------------------------------------------------------------ pooling
     @staticmethod
@@ -505,21 +496,10 @@ class CPUBackend:
 
     # ------------------------------------------------------------ losses
     def nll(self, logp, target, weight, ignore_index):
-        """Per-row -weight[t] * logp[i, t] and the row weights (0 where t == ignore_index)."""
-        valid = target != ignore_index
-        safe = np.where(valid, target, 0)
-        w = weight[safe] if weight is not None else np.ones(len(target), dtype=logp.dtype)
-        w = np.where(valid, w, logp.dtype.type(0)).astype(logp.dtype)
-        picked = logp[np.arange(len(target)), safe]
-        return -(picked * w), w
+        return loss_k.nll_rows(logp, target, weight, ignore_index)
 
     def nll_backward(self, g_rows, target, row_weights, n_classes):
-        out = np.zeros((len(target), n_classes), dtype=g_rows.dtype)
-        safe = np.clip(target, 0, n_classes - 1)
-        # an ignored row (weight 0) gets nothing, even where g is NaN (a mean over no rows)
-        rows = np.flatnonzero(row_weights != 0)
-        out[rows, safe[rows]] = -g_rows[rows] * row_weights[rows]
-        return out
+        return loss_k.nll_rows_backward(g_rows, target, row_weights, n_classes)
 
     # ------------------------------------------------------------ optimizers
     def sgd_step(self, p, g, buf, lr, momentum, dampening, nesterov, weight_decay, first):

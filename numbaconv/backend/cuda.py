@@ -28,7 +28,7 @@ import numpy as np
 
 from ..kernels import cuda as kc
 from ..kernels.cuda import conv as conv_k
-from ..kernels.cuda import matmul as mm_k
+from ..kernels.cuda import linalg as mm_k
 from ..kernels.cuda import memory as mem_k
 from ..kernels.cuda import norm as norm_k
 from ..kernels.cuda import reduce as red_k
@@ -743,26 +743,17 @@ class CUDABackend:
         return conv_k.conv2d_forward(self, x, w, b, stride, padding, dilation, groups)
 
     def conv2d_backward(self, gy, x, w, stride, padding, dilation, groups, needs,
-                        x_shape=None):
-        need_x, need_w, need_b = needs
+                        x_shape=None, w_shape=None):
         x_shape = tuple(x.shape) if x is not None else tuple(x_shape)
-        n_out = w.shape[0]
+        w_shape = tuple(w.shape) if w is not None else tuple(w_shape)
         if gy.size == 0 or 0 in x_shape:
+            need_x, need_w, need_b = needs
             dt = gy.dtype
             return (self.zeros(x_shape, dt) if need_x else None,
-                    self.zeros(w.shape, dt) if need_w else None,
-                    self.zeros((n_out,), dt) if need_b else None)
+                    self.zeros(w_shape, dt) if need_w else None,
+                    self.zeros((w_shape[0],), dt) if need_b else None)
         return conv_k.conv2d_backward(self, gy, x, w, stride, padding, dilation, groups, needs,
-                                      x_shape)
-
-    def conv2d_grad_input(self, gy, w, x_shape, stride, padding, dilation, groups):
-        return self.conv2d_backward(gy, None, w, stride, padding, dilation, groups,
-                                    (True, False, False), x_shape=x_shape)[0]
-
-    def conv2d_grad_weight(self, gy, x, w_shape, stride, padding, dilation, groups):
-        w = self._empty(w_shape, gy.dtype)  # only its shape is read
-        return self.conv2d_backward(gy, x, w, stride, padding, dilation, groups,
-                                    (False, True, False))[1]
+                                      x_shape, w_shape)
 
     # ------------------------------------------------------------ pooling
     @staticmethod
@@ -893,13 +884,13 @@ class CUDABackend:
         losses = self._empty((rows,), logp.dtype)
         row_w = self._empty((rows,), logp.dtype)
         w = weight if weight is not None else self.dummy(logp.dtype)
-        self._run("red.nll_rows", logp.dtype, rows, logp, target, w, weight is not None,
+        self._run("loss.nll_rows", logp.dtype, rows, logp, target, w, weight is not None,
                   np.int64(ignore_index), losses, row_w, self._target_flag())
         return losses, row_w
 
     def nll_backward(self, g_rows, target, row_weights, n_classes):
         out = self.zeros((len(target), n_classes), g_rows.dtype)
-        self._run("red.nll_rows_backward", g_rows.dtype, len(target), g_rows, target,
+        self._run("loss.nll_rows_backward", g_rows.dtype, len(target), g_rows, target,
                   row_weights, out)
         return out
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from ..autograd import Function
 from ..tensor import Tensor
-from . import ops
 from ._args import check_input4d, check_param, pair
+from .layout import pad
 
 
 class Conv2d(Function):
@@ -38,7 +38,9 @@ class ConvTranspose2d(Function):
         be = self.backend
         self.save(x, w)
         self.args = (stride, padding, dilation, groups)
-        y = be.conv2d_grad_input(x, w, out_shape, stride, padding, dilation, groups)
+        # the transposed convolution is the input gradient of the convolution it transposes
+        y = be.conv2d_backward(x, None, w, stride, padding, dilation, groups,
+                               (True, False, False), x_shape=out_shape)[0]
         if b is not None:
             y = be.binary("add", y, be.reshape(b, (1, -1, 1, 1)))
         return y
@@ -53,7 +55,10 @@ class ConvTranspose2d(Function):
             if gx.shape != x.shape:  # output_padding >= stride (allowed when dilation > stride)
                 gx = be.ascontiguous(be.getitem(gx, (slice(None), slice(None),
                                                      slice(0, x.shape[2]), slice(0, x.shape[3]))))
-        gw = be.conv2d_grad_weight(x, g, w.shape, *self.args) if needs[1] else None
+        gw = None
+        if needs[1]:  # the weight gradient of that convolution, with the roles of x and gy
+            gw = be.conv2d_backward(x, g, None, *self.args, (False, True, False),
+                                    w_shape=w.shape)[1]
         grads = [gx, gw]
         if len(needs) == 3:
             grads.append(be.reduce("sum", g, (0, 2, 3), False) if needs[2] else None)
@@ -109,7 +114,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             left = (total[0] // 2, total[1] // 2)
             extra = (total[0] - 2 * left[0], total[1] - 2 * left[1])
             if extra != (0, 0):  # asymmetric: the extra row/column goes at the end (PyTorch)
-                x = ops.pad(x, (0, extra[1], 0, extra[0]))
+                x = pad(x, (0, extra[1], 0, extra[0]))
             padding = left
         else:
             raise ValueError(f"{fn}(): padding={padding!r}; expected an int, a pair, 'valid' or "

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..autograd import Function, mark_written
 from ..tensor import Tensor, is_floating
-from .ops import _check_float, _check_tensor
+from ._args import check_float, check_tensor
 
 # ------------------------------------------------------------------ batch norm
 
@@ -49,7 +49,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     In training the batch statistics normalise and the running ones are updated in place:
     ``running = (1 - momentum) * running + momentum * batch`` (the variance unbiased), as PyTorch.
     """
-    _check_float(input, "batch_norm")
+    check_float(input, "batch_norm")
     if input.ndim < 2:
         raise ValueError(f"batch_norm(): input must be at least 2-D (N, C, ...), got "
                          f"{input.shape}")
@@ -57,7 +57,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if t is not None:
-            _check_tensor(t, "batch_norm", name)
+            check_tensor(t, "batch_norm", name)
             if t.shape != (n_ch,):
                 raise ValueError(f"batch_norm(): {name} has shape {t.shape}, expected ({n_ch},)")
     if not isinstance(eps, numbers.Real) or eps <= 0:
@@ -138,7 +138,7 @@ def sync_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Ten
     empty as long as the total is not."""
     from .. import distributed as dist
 
-    _check_float(input, "sync_batch_norm")
+    check_float(input, "sync_batch_norm")
     if input.ndim < 2:
         raise ValueError(f"sync_batch_norm(): input must be at least 2-D (N, C, ...), got "
                          f"{input.shape}")
@@ -146,7 +146,7 @@ def sync_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Ten
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if t is not None:
-            _check_tensor(t, "sync_batch_norm", name)
+            check_tensor(t, "sync_batch_norm", name)
             if t.shape != (n_ch,):
                 raise ValueError(f"sync_batch_norm(): {name} has shape {t.shape}, expected "
                                  f"({n_ch},)")

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from . import blas as blas_k
 from .blas import gemm_at
+from .jit import PARALLEL, njit
 from .threads import blas_threads, pool, split
 
-_opts = dict(parallel=True, cache=True, fastmath={"contract"})
 
-
-@njit(**_opts)
+@njit(**PARALLEL)
 def matmul_rows(a, trans_a, b, trans_b, ranges, out):
     """out = op(a) @ op(b) for C-contiguous 2-D ``a``, ``b`` (op transposes where asked), task
     t computing the output rows ranges[t]: the backend's large matrix products (fully

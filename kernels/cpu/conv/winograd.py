@@ -43,18 +43,11 @@ sized for OpenBLAS's small-matrix kernels; the caller holds BLAS at one thread.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from . import blas as blas_k
-from .blas import gemm_at
-from .threads import blas_threads, task_ranges
-
-_opts = dict(parallel=True, cache=True, fastmath={"contract"})
-_serial = dict(cache=True, nogil=True, fastmath={"contract"})
-
-# Inner loops index with unsigned integers, which Numba need not guard against negative values
-# (as in conv.py); int64 * uint64 gives float64 in Numba, so constants are unsigned too.
-_u = np.uint64
+from ..blas import gemm_at
+from ..jit import INLINE, PARALLEL, SERIAL, U, njit
+from ..threads import blas_threads, task_ranges
 
 # Floats between consecutive planes of the 16 transformed values: tile buffers whose planes are
 # a multiple of 4 KiB apart map all 16 streams onto the same cache sets (the transforms ran
@@ -62,13 +55,13 @@ _u = np.uint64
 _PLANE_PAD = 16
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _tiles(oh_n, ow_n):
     """Tile rows and columns (2x2 outputs each) that cover an oh_n x ow_n output."""
     return (oh_n + 1) // 2, (ow_n + 1) // 2
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _geometry(oh_n, ow_n, block, rows, n_in, n_out):
     """(th, tw, sv, so, half): tile rows and columns; the strides of the 16 planes of
     transformed input and output values of one set of products (block images or rows tile
@@ -78,7 +71,7 @@ def _geometry(oh_n, ow_n, block, rows, n_in, n_out):
     return th, tw, tiles * n_in + _PLANE_PAD, tiles * n_out + _PLANE_PAD, tw * n_out
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def to_tiles(x, n, ph, pw, cols, group, xt):
     """xt[R, col % 2, col // 2, c] = x[n, c, R - ph, col - pw] (channels last, columns split
     by parity into halves of ``cols`` columns) wherever that is inside x; the rest of xt (the
@@ -91,33 +84,33 @@ def to_tiles(x, n, ph, pw, cols, group, xt):
             row = (r + ph) * 2 * half
             for s in range(wd):
                 col = s + pw
-                d = _u(row + (col % 2) * half + (col // 2) * n_ch)
+                d = U(row + (col % 2) * half + (col // 2) * n_ch)
                 src = x[n, :, r, s]
-                for c in range(_u(c0), _u(c1)):
+                for c in range(U(c0), U(c1)):
                     xt[d + c] = src[c]
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def _in_row(xt, v, rp, rq, sign, row_w, n_ch, t_off, k, sv, tw):
     """Transformed values 4k .. 4k+3 of one tile row: the row combination
     ``xt row rp + sign * xt row rq`` (B^T's row k), then B^T's columns along it."""
-    one = _u(n_ch)
-    p0, q0 = _u(rp * 2 * row_w), _u(rq * 2 * row_w)
-    p1, q1 = p0 + _u(row_w), q0 + _u(row_w)  # odd columns
-    d = _u(4 * k * sv + t_off)
-    s = _u(sv)
-    for j in range(_u(tw * n_ch)):
+    one = U(n_ch)
+    p0, q0 = U(rp * 2 * row_w), U(rq * 2 * row_w)
+    p1, q1 = p0 + U(row_w), q0 + U(row_w)  # odd columns
+    d = U(4 * k * sv + t_off)
+    s = U(sv)
+    for j in range(U(tw * n_ch)):
         c0 = xt[p0 + j] + sign * xt[q0 + j]
         c1 = xt[p1 + j] + sign * xt[q1 + j]
         c2 = xt[p0 + one + j] + sign * xt[q0 + one + j]
         c3 = xt[p1 + one + j] + sign * xt[q1 + one + j]
         v[d + j] = c0 - c2
         v[d + s + j] = c1 + c2
-        v[d + _u(2) * s + j] = c2 - c1
-        v[d + _u(3) * s + j] = c1 - c3
+        v[d + U(2) * s + j] = c2 - c1
+        v[d + U(3) * s + j] = c1 - c3
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def transform_input(xt, n_ch, a0, a1, tw, t0, sv, v):
     """V = B^T d B of the tile rows a0 .. a1-1 of one image (tile buffer xt, see to_tiles)
     into v[xi * sv + (t0 + tile) * n_ch + c], tiles counted from row a0."""
@@ -132,24 +125,24 @@ def transform_input(xt, n_ch, a0, a1, tw, t0, sv, v):
         _in_row(xt, v, r + 1, r + 3, minus, row_w, n_ch, t_off, 3, sv, tw)
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def _out_row(mm, brow, k0, sign, sm, m_off, yt, y_off, half, n):
     """One output row of a tile row from the products M: A^T's row (rows k0, k0+1, k0+2 of
     the 4x4 grid, the last two times ``sign``), then A^T's columns, plus the bias row."""
-    s = _u(sm)
-    a0 = _u(4 * k0 * sm + m_off)
-    a1, a2 = a0 + _u(4) * s, a0 + _u(8) * s
-    d0, d1 = _u(y_off), _u(y_off + half)
-    for j in range(_u(n)):
+    s = U(sm)
+    a0 = U(4 * k0 * sm + m_off)
+    a1, a2 = a0 + U(4) * s, a0 + U(8) * s
+    d0, d1 = U(y_off), U(y_off + half)
+    for j in range(U(n)):
         u0 = mm[a0 + j] + sign * (mm[a1 + j] + mm[a2 + j])
         u1 = mm[a0 + s + j] + sign * (mm[a1 + s + j] + mm[a2 + s + j])
-        u2 = mm[a0 + _u(2) * s + j] + sign * (mm[a1 + _u(2) * s + j] + mm[a2 + _u(2) * s + j])
-        u3 = mm[a0 + _u(3) * s + j] + sign * (mm[a1 + _u(3) * s + j] + mm[a2 + _u(3) * s + j])
+        u2 = mm[a0 + U(2) * s + j] + sign * (mm[a1 + U(2) * s + j] + mm[a2 + U(2) * s + j])
+        u3 = mm[a0 + U(3) * s + j] + sign * (mm[a1 + U(3) * s + j] + mm[a2 + U(3) * s + j])
         yt[d0 + j] = u0 + u1 + u2 + brow[j]
         yt[d1 + j] = u1 - u2 - u3 + brow[j]
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def from_tiles(yt, tw, n, group, y):
     """y[n, o, r, s] = yt[r, s % 2, s // 2, o] for the outputs that y has: pixel by pixel,
     ``group`` output planes at a time (see _out_group)."""
@@ -159,13 +152,13 @@ def from_tiles(yt, tw, n, group, y):
         o1 = min(o0 + group, n_out)
         for r in range(oh_n):
             for s in range(ow_n):
-                src = _u(r * 2 * half + (s % 2) * half + (s // 2) * n_out)
+                src = U(r * 2 * half + (s % 2) * half + (s // 2) * n_out)
                 dst = y[n, :, r, s]
-                for o in range(_u(o0), _u(o1)):
+                for o in range(U(o0), U(o1)):
                     dst[o] = yt[src + o]
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, out_group, ranges, y):
     """y = conv2d(x, w) + b for a 3x3 kernel at stride 1 (padding ph, pw; y gives the output
     size), by F(2x2, 3x3). ``wu`` is the transformed kernel (16, G, C_g, O_g) (see
@@ -207,48 +200,48 @@ def winograd_forward(x, wu, bias_row, ph, pw, block, rows, group, out_group, ran
                         from_tiles(yt, tw, n0 + i, out_group, y)
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def _add_rows(buf, width, n_rows, acc):
     """acc += the sum of the n_rows rows of ``width`` values at the start of buf."""
     for k in range(n_rows):
-        base = _u(k * width)
-        for j in range(_u(width)):
+        base = U(k * width)
+        for j in range(U(width)):
             acc[j] += buf[base + j]
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _grad_cols(e, o, d, s, j, dyw):
     """A's columns on one tile row's combined even (e) and odd (o) output columns."""
     dyw[d + j] = e
     dyw[d + s + j] = e + o
-    dyw[d + _u(2) * s + j] = e - o
-    dyw[d + _u(3) * s + j] = -o
+    dyw[d + U(2) * s + j] = e - o
+    dyw[d + U(3) * s + j] = -o
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def _grad_row(gt, r0, r1, sign, half, n_out, t_off, k, sd, tw, dyw):
     """Values 4k .. 4k+3 of A dY A^T for one tile row, k = 1 or 2: A's row k on the tile's
     two output rows (row r0 + sign * row r1), then A's columns along it."""
-    p0, q0 = _u(r0 * 2 * half), _u(r1 * 2 * half)
-    p1, q1 = p0 + _u(half), q0 + _u(half)
-    d, s = _u(4 * k * sd + t_off), _u(sd)
-    for j in range(_u(tw * n_out)):
+    p0, q0 = U(r0 * 2 * half), U(r1 * 2 * half)
+    p1, q1 = p0 + U(half), q0 + U(half)
+    d, s = U(4 * k * sd + t_off), U(sd)
+    for j in range(U(tw * n_out)):
         _grad_cols(gt[p0 + j] + sign * gt[q0 + j], gt[p1 + j] + sign * gt[q1 + j], d, s, j,
                    dyw)
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def _grad_row1(gt, r0, sign, half, n_out, t_off, k, sd, tw, dyw):
     """Values 4k .. 4k+3 of A dY A^T for one tile row, k = 0 or 3: A's row k picks one output
     row (sign * row r0), then A's columns along it."""
-    p0 = _u(r0 * 2 * half)
-    p1 = p0 + _u(half)
-    d, s = _u(4 * k * sd + t_off), _u(sd)
-    for j in range(_u(tw * n_out)):
+    p0 = U(r0 * 2 * half)
+    p1 = p0 + U(half)
+    d, s = U(4 * k * sd + t_off), U(sd)
+    for j in range(U(tw * n_out)):
         _grad_cols(sign * gt[p0 + j], sign * gt[p1 + j], d, s, j, dyw)
 
 
-@njit(**_opts)
+@njit(**PARALLEL)
 def winograd_grad_weight(gy, x, ph, pw, block, rows, group, group_gy, ranges, parts,
                          db_parts):
     """Weight gradient of a 3x3 stride-1 convolution by F(2x2, 3x3): task t adds, over its
@@ -294,13 +287,13 @@ def winograd_grad_weight(gy, x, ph, pw, block, rows, group, group_gy, ranges, pa
 
 
 # ---------------------------------------------------------------------- kernel transforms
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _g_rows(a0, a1, a2, half):
     """G @ (a0, a1, a2): the 4 rows of a transformed kernel from its 3."""
     return a0, half * (a0 + a1 + a2), half * (a0 - a1 + a2), a2
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def transform_weight(w, groups, swap, wu):
     """wu[xi, g] = U = G g G^T of every 3x3 kernel of ``w`` (O, C_g, 3, 3): (16, G, C_g, O_g)
     for the forward convolution, or with ``swap`` the input gradient's kernel (the flipped
@@ -328,13 +321,13 @@ def transform_weight(w, groups, swap, wu):
                         wu[4 * i + s, g, c, oo] = val
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _gt_rows(d0, d1, d2, d3, half):
     """G^T @ (d0, d1, d2, d3): the 3 rows of a kernel gradient from its transformed 4."""
     return d0 + half * (d1 + d2), half * (d1 - d2), half * (d1 + d2) + d3
 
 
-@njit(**_serial)
+@njit(**SERIAL)
 def weight_from_transformed(du, dw):
     """dw (O, C_g, 3, 3) = G^T dU G of du (16, G, C_g, O_g), the weight gradient's sum over
     tiles of the transformed kernels' gradients."""
@@ -356,28 +349,6 @@ def weight_from_transformed(du, dw):
 
 
 # ---------------------------------------------------------------------- host side
-def use_winograd(kh, kw, stride, dilation, cg, og, weight=False):
-    """Whether a convolution with ``cg`` input and ``og`` output channels per group (for an
-    input gradient: the convolution of dY, from O_g to C_g channels), or with ``weight`` its
-    weight gradient, runs by F(2x2, 3x3): 3x3 kernels at stride 1 without dilation, 16+
-    channels in and out, where NumPy's BLAS can be called from a kernel.
-
-    Against the implicit GEMMs and direct kernels, 2 threads, time ratios (batch 64 unless
-    given). Weight gradients: 0.25-0.66 from 16 to 256 channels and 8x8 to 56x56 maps (16->16
-    at 32x32 0.90-0.96, 32->32 0.51, 64->64 at 8x8 0.62, 256->256 at 14x14 0.58): always.
-    Forward convolutions (and input gradients): 32->32 at 16x16 0.70, 64->64 at 8x8 0.71,
-    32->32 at 32x32 (batch 32) 0.62, 64->64 0.31, 64->64 at 56x56 (batch 8) 0.58, 128->128 at
-    28x28 0.77, 16->32 0.81-0.97; but 16->16 1.17-1.24, 24->24 1.07-1.09, 32->16 0.97-1.08:
-    the transforms cost the same per value whatever the channel count, and with fewer than
-    32 outputs the products they save are too few. 256->256 at 14x14 (batch 4) ran 2.2x
-    slower: its 16 transformed kernels (4 MiB) no longer stay in cache between sets of
-    products."""
-    if not ((kh, kw) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and cg >= 16
-            and og >= 16 and blas_k.ready()):
-        return False
-    return weight or (og >= 32 and cg * og <= 128 * 128)
-
-
 def _chunks(th, tw, target):
     """(images, tile rows) per set of 16 products: about ``target`` tiles, whole images
     where they are smaller, else tile rows of one image."""

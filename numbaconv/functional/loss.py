@@ -1,6 +1,7 @@
-"""Layers' stateless math: linear, dropout and the losses.
+"""Losses: ``nll_loss``, ``cross_entropy`` (class indices or probabilities, weights,
+``ignore_index``, label smoothing; batched or unbatched) and ``mse_loss``.
 
-Each op validates its arguments, then runs one fused Function whose backward sits beside it.
+Each loss validates its arguments, then runs one fused Function whose backward sits beside it.
 """
 
 from __future__ import annotations
@@ -11,86 +12,9 @@ import numpy as np
 
 from ..autograd import Function
 from ..tensor import Tensor
-from . import ops
-from .ops import _check_float, _check_tensor
-
-# ------------------------------------------------------------------ linear
-
-
-class Linear(Function):
-    """y = x @ W^T + b over any leading dims; one op on the tape instead of three (and, on
-    the GPU, one GEMM that reads W transposed in place and adds the bias as it stores)."""
-
-    def forward(self, x, w, b=None):
-        be = self.backend
-        shape = tuple(x.shape)
-        x2 = be.reshape(x, (-1, shape[-1]))
-        self.save(x2, w)
-        self.x_shape = shape
-        y = be.linear(x2, w, b)
-        return be.reshape(y, shape[:-1] + (tuple(w.shape)[0],))
-
-    def backward(self, g):
-        be = self.backend
-        x2, w = self.saved
-        needs = self.needs_input_grad
-        g2 = be.reshape(g, (-1, tuple(g.shape)[-1]))
-        gx = be.reshape(be.matmul(g2, w), self.x_shape) if needs[0] else None
-        gw = be.matmul_tn(g2, x2) if needs[1] else None
-        grads = [gx, gw]
-        if len(needs) == 3:
-            grads.append(be.reduce("sum", g2, (0,), False) if needs[2] else None)
-        return tuple(grads)
-
-
-def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``input @ weight.T + bias``, as ``torch.nn.functional.linear``; weight is (out, in)."""
-    _check_float(input, "linear")
-    _check_float(weight, "linear", "weight")
-    if weight.ndim != 2:
-        raise ValueError(f"linear(): weight must be 2-D (out_features, in_features), got "
-                         f"{weight.shape}")
-    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear(): input of shape {input.shape} has {input.shape[-1:]} "
-                         f"features, weight expects {weight.shape[1]}")
-    args = [input, weight]
-    if bias is not None:
-        _check_float(bias, "linear", "bias")
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"linear(): bias of shape {bias.shape}, expected "
-                             f"({weight.shape[0]},)")
-        args.append(bias)
-    for t in args[1:]:
-        if t.dtype != input.dtype:
-            raise TypeError(f"linear(): input is {input.dtype} but a parameter is {t.dtype}")
-    return Linear.apply(*args)
-
-
-# ------------------------------------------------------------------ dropout
-
-
-class Dropout(Function):
-    def forward(self, x, p):
-        self.mask = self.backend.dropout_mask(x.shape, p, x.dtype)
-        return self.backend.binary("mul", x, self.mask)
-
-    def backward(self, g):
-        return (self.backend.binary("mul", g, self.mask),)
-
-
-def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
-    """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)`` (training)."""
-    _check_float(input, "dropout")
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
-        raise ValueError(f"dropout(): p={p!r} must be a probability in [0, 1]")
-    if not training or p == 0:
-        return input
-    if p == 1:
-        return input * 0.0
-    return Dropout.apply(input, p=float(p))
-
-
-# ------------------------------------------------------------------ losses
+from ._args import check_float, check_tensor
+from .elementwise import log_softmax
+from .layout import permute, reshape
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -148,13 +72,13 @@ def _class_last(input: Tensor, target: Tensor, fn: str):
                          f"input of shape {input.shape}")
     if input.ndim > 2:
         perm = (0,) + tuple(range(2, input.ndim)) + (1,)
-        input = ops.reshape(ops.permute(input, *perm), -1, input.shape[1])
-        target = ops.reshape(target, -1)
+        input = reshape(permute(input, *perm), -1, input.shape[1])
+        target = reshape(target, -1)
     return input, target
 
 
 def _check_target(target, n_classes, ignore_index, fn):
-    _check_tensor(target, fn, "target")
+    check_tensor(target, fn, "target")
     if target.dtype.kind not in "iu":
         raise TypeError(f"{fn}(): target must hold class indices (an integer tensor), got "
                         f"dtype {target.dtype}")
@@ -172,24 +96,24 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     """Negative log-likelihood of log-probabilities ``input`` at class indices ``target``:
     (N, C) with (N,), (N, C, d1, ...) with (N, d1, ...), or one unbatched sample (C,) with a
     0-d target, as PyTorch."""
-    _check_float(input, "nll_loss")
+    check_float(input, "nll_loss")
     _check_reduction(reduction, "nll_loss")
     unbatched = _unbatched(input, target, "nll_loss")
     if unbatched:
-        loss = nll_loss(ops.reshape(input, 1, -1), ops.reshape(target, 1), weight,
+        loss = nll_loss(reshape(input, 1, -1), reshape(target, 1), weight,
                         ignore_index, reduction)
-        return ops.reshape(loss, ()) if reduction == "none" else loss
+        return reshape(loss, ()) if reduction == "none" else loss
     _check_target(target, input.shape[1] if input.ndim > 1 else 0, ignore_index, "nll_loss")
     out_shape = target.shape
     logp, tgt = _class_last(input, target, "nll_loss")
     if weight is not None:
-        _check_float(weight, "nll_loss", "weight")
+        check_float(weight, "nll_loss", "weight")
         if weight.shape != (logp.shape[1],):
             raise ValueError(f"nll_loss(): weight has shape {weight.shape}, expected "
                              f"({logp.shape[1]},)")
     loss = NLL.apply(logp, target=tgt.data, weight=None if weight is None else weight.data,
                      ignore_index=int(ignore_index), reduction=reduction)
-    return ops.reshape(loss, out_shape) if reduction == "none" else loss
+    return reshape(loss, out_shape) if reduction == "none" else loss
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -202,17 +126,17 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     ``(1 - s) * nll + s / C * sum_c(-w_c * log p_c)``; probability targets are smoothed to
     ``(1 - s) * p + s / C``. Stable for logits of any magnitude.
     """
-    _check_float(input, "cross_entropy")
+    check_float(input, "cross_entropy")
     _check_reduction(reduction, "cross_entropy")
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) or \
             not 0 <= label_smoothing <= 1:
         raise ValueError(f"cross_entropy(): label_smoothing={label_smoothing!r} must be in "
                          f"[0, 1]")
     if _unbatched(input, target, "cross_entropy"):
-        loss = cross_entropy(ops.reshape(input, 1, -1),
-                             ops.reshape(target, (1,) + tuple(target.shape)), weight,
+        loss = cross_entropy(reshape(input, 1, -1),
+                             reshape(target, (1,) + tuple(target.shape)), weight,
                              ignore_index, reduction, label_smoothing)
-        return ops.reshape(loss, ()) if reduction == "none" else loss
+        return reshape(loss, ()) if reduction == "none" else loss
     if input.ndim < 2:
         raise ValueError(f"cross_entropy(): input must be (N, C) or (N, C, d1, ...), got "
                          f"{input.shape}")
@@ -221,7 +145,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         return _soft_cross_entropy(input, target, weight, reduction, label_smoothing)
     _check_target(target, n_classes, ignore_index, "cross_entropy")
     logits, tgt = _class_last(input, target, "cross_entropy")
-    logp = ops.log_softmax(logits, 1)
+    logp = log_softmax(logits, 1)
     loss = nll_loss(logp, tgt, weight, ignore_index, reduction)
     if label_smoothing > 0:
         per_class = logp if weight is None else logp * weight
@@ -242,7 +166,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
             smooth = smooth.sum()
         loss = loss * (1 - label_smoothing) + smooth * (label_smoothing / n_classes)
     if reduction == "none":
-        loss = ops.reshape(loss, target.shape)
+        loss = reshape(loss, target.shape)
     return loss
 
 
@@ -257,13 +181,13 @@ def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):
     n_classes = input.shape[1]
     if label_smoothing > 0:
         target = target * (1 - label_smoothing) + label_smoothing / n_classes
-    logp = ops.log_softmax(input, 1)
+    logp = log_softmax(input, 1)
     if weight is not None:
-        _check_float(weight, "cross_entropy", "weight")
+        check_float(weight, "cross_entropy", "weight")
         if weight.shape != (n_classes,):
             raise ValueError(f"cross_entropy(): weight has shape {weight.shape}, expected "
                              f"({n_classes},)")
-        logp = logp * ops.reshape(weight, (1, n_classes) + (1,) * (input.ndim - 2))
+        logp = logp * reshape(weight, (1, n_classes) + (1,) * (input.ndim - 2))
     per_item = -(logp * target).sum(1)
     if reduction == "mean":
         return per_item.sum() / (per_item.numel() or 1)
@@ -274,8 +198,8 @@ def _soft_cross_entropy(input, target, weight, reduction, label_smoothing):
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Mean squared error; shapes must match (no silent broadcasting)."""
-    _check_float(input, "mse_loss")
-    _check_float(target, "mse_loss", "target")
+    check_float(input, "mse_loss")
+    check_float(target, "mse_loss", "target")
     _check_reduction(reduction, "mse_loss")
     if input.shape != target.shape:
         raise ValueError(f"mse_loss(): input shape {input.shape} and target shape "
