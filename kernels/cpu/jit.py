@@ -23,9 +23,10 @@ plain Numba cache is used.)
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import os
 import sys
-import types
 
 import numba
 import numpy as np
@@ -75,25 +76,35 @@ def _keyed(disp):
     return disp
 
 
-def _module_of(value):
-    if isinstance(value, types.ModuleType):
-        return value.__name__
-    name = getattr(getattr(value, "py_func", value), "__module__", None)
-    return name if isinstance(name, str) else None
+def _imports(module: str) -> set[str]:
+    """The modules of this package that ``module``'s source imports (relative imports, at
+    module level or inside functions): ``from .x import y``, ``from .. import x``."""
+    mod = sys.modules.get(module)
+    path = getattr(mod, "__file__", None)
+    if not path:
+        return set()
+    is_package = os.path.basename(path) == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(_read(path))):
+        if not (isinstance(node, ast.ImportFrom) and node.level):
+            continue
+        parts = package.split(".")
+        base = ".".join(parts[:len(parts) - (node.level - 1)])
+        stem = f"{base}.{node.module}" if node.module else base
+        for alias in node.names:
+            sub = f"{stem}.{alias.name}"
+            found.add(sub if sub in sys.modules else stem)
+    return {name for name in found if name.startswith(_PACKAGE + ".")}
 
 
 def dependencies(module: str) -> set[str]:
-    """The modules of this package that ``module`` uses, directly or through others (itself
-    included): those whose objects or selves its namespace holds."""
+    """The modules of this package that ``module`` imports, directly or through others
+    (itself included)."""
     seen, todo = {module}, [module]
     while todo:
-        mod = sys.modules.get(todo.pop())
-        if mod is None:
-            continue
-        for value in list(vars(mod).values()):
-            name = _module_of(value)
-            if (name and name not in seen and name.startswith(_PACKAGE + ".")
-                    and name in sys.modules):
+        for name in _imports(todo.pop()):
+            if name not in seen:
                 seen.add(name)
                 todo.append(name)
     return seen
