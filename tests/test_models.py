@@ -132,6 +132,14 @@ def test_inception_concatenates_the_four_branches():
     assert_close(out[:, 224:], block.branch4(x), what="pool branch")
 
 
+def test_vgg_hidden_width_changes_only_the_two_hidden_layers():
+    narrow = models.vgg("A", num_classes=10, hidden=32)
+    shapes = [tuple(p.shape) for p in narrow.classifier.parameters()]
+    assert shapes == [(32, 512 * 7 * 7), (32,), (32, 32), (32,), (10, 32), (10,)]
+    features = sum(p.numel() for p in narrow.features.parameters())
+    assert features == sum(p.numel() for p in models.vgg("A", 10).features.parameters())
+
+
 def test_vgg_batchnorm_aliases():
     bn = models.vgg16_bn(num_classes=10)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 13
@@ -143,6 +151,8 @@ def test_model_arguments_are_checked():
         models.alexnet(groups=3)
     with pytest.raises(ValueError, match="config='F'"):
         models.vgg("F")
+    with pytest.raises(ValueError, match="hidden=0"):
+        models.vgg("A", hidden=0)
     with pytest.raises(ValueError, match="blocks"):
         models.ResNet((2, 2, 0, 2))
 

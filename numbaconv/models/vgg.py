@@ -24,13 +24,17 @@ class VGG(nn.Module):
     """Stacks of 3x3 convolutions (padding 1) and 2x2 max pools, then FC-4096, FC-4096 and the
     classifier, with dropout 0.5 before the first two. ``batch_norm=True`` puts a BatchNorm
     after every convolution (the later, easier-to-train variant). An adaptive average pool to
-    7x7 before the classifier is the identity at 224x224 and lets other sizes through."""
+    7x7 before the classifier is the identity at 224x224 and lets other sizes through.
+    ``hidden`` is the width of the two hidden FC layers (the paper's 4096, whose 120 million
+    weights are most of the net's; a narrower one suits small images and quick experiments)."""
 
     def __init__(self, config: str = "D", num_classes: int = 1000, in_channels: int = 3,
-                 batch_norm: bool = False, dropout: float = 0.5):
+                 batch_norm: bool = False, dropout: float = 0.5, hidden: int = 4096):
         super().__init__()
         if config not in CONFIGS:
             raise ValueError(f"VGG: config={config!r}; expected one of {sorted(CONFIGS)}")
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"VGG: hidden={hidden!r}; expected a positive int")
         self.config = config
         layers, c = [], in_channels
         for item in CONFIGS[config]:
@@ -48,9 +52,9 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(c * 7 * 7, 4096), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),
+            nn.Linear(c * 7 * 7, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x):
