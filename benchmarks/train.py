@@ -92,13 +92,13 @@ def torch_model(name):
             self.bn1 = tnn.BatchNorm2d(cout)
             self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
             self.bn2 = tnn.BatchNorm2d(cout)
-            self.shortcut = (tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            tnn.BatchNorm2d(cout))
-                             if stride != 1 or cin != cout else tnn.Identity())
+            self.downsample = (tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
+                                              tnn.BatchNorm2d(cout))
+                               if stride != 1 or cin != cout else tnn.Identity())
 
         def forward(self, x):
             out = self.bn1(self.conv1(x)).relu()
-            return (self.bn2(self.conv2(out)) + self.shortcut(x)).relu()
+            return (self.bn2(self.conv2(out)) + self.downsample(x)).relu()
 
     class Net(tnn.Module):
         def __init__(self):
