@@ -14,6 +14,8 @@ def test_the_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
     assert names == ["01_convolution_arithmetic.ipynb", "02_lenet_fashion_mnist.ipynb",
                      "03_classic_architectures.ipynb", "04_relu_vs_tanh.ipynb",
+                     "05_alexnet_regularisers.ipynb",
+                     "06_residual_depth.ipynb",
                      "07_receptive_fields.ipynb", "08_translation.ipynb"]
 
 
